@@ -1,0 +1,202 @@
+"""Settings for the chat site, read from the environment with offline defaults.
+
+With no environment at all the site runs on SQLite against the local Ably and Anthropic
+stand-ins (`make run`). Production sets real keys; the endpoint settings then default to the
+real services, so switching is environment variables only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# The development key of the local Ably stand-in (emulators/ably uses the same default).
+DEV_ABLY_API_KEY = "devapp.devkey:dev-secret-change-me"
+LOCAL_ABLY_ENDPOINT = "http://127.0.0.1:8788"
+LOCAL_ANTHROPIC_BASE_URL = "http://127.0.0.1:8789"
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str(
+    "SECRET_KEY", default="insecure-dev-secret-key-change-me-in-production-0123456789"
+)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "conversations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+WSGI_APPLICATION = "chatsite.wsgi.application"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The agent writes from other processes while the web server reads; wait instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # A file, not memory, so agent subprocesses started by tests share the test database; one
+    # per test run, so runs side by side don't delete each other's.
+    DATABASES["default"].setdefault(
+        "TEST",
+        {
+            "NAME": env.str(
+                "TEST_DATABASE_NAME",
+                default=str(Path(tempfile.gettempdir()) / f"chatsite-test-{os.getpid()}.sqlite3"),
+            )
+        },
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "conversations:list"
+LOGOUT_REDIRECT_URL = "login"
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# ably-js, marked, DOMPurify and highlight.js are served from the npm packages: no CDN offline.
+NODE_MODULES_DIR = BASE_DIR / "node_modules"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # Only the browser builds, under stable prefixes: {% static "vendor/ably/ably.min.js" %}.
+    ("vendor/ably", NODE_MODULES_DIR / "ably" / "build"),
+    ("vendor/marked", NODE_MODULES_DIR / "marked" / "lib"),
+    ("vendor/dompurify", NODE_MODULES_DIR / "dompurify" / "dist"),
+    # highlight.js ships its core only as CommonJS (es/core.js re-imports ../lib/core.js);
+    # markdown.js wraps lib/core.js into a module and imports languages from es/.
+    ("vendor/highlight.js/es", NODE_MODULES_DIR / "highlight.js" / "es"),
+    ("vendor/highlight.js/lib", NODE_MODULES_DIR / "highlight.js" / "lib"),
+]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": env.str(
+            "STATICFILES_BACKEND",
+            default="chatsite.storage.StaticFilesStorage"
+            if not DEBUG
+            else "django.contrib.staticfiles.storage.StaticFilesStorage",
+        )
+    },
+}
+
+# Security: strict by default in production (DEBUG off and HTTPS asserted by the deployer).
+SECURE_HTTPS = env.bool("SECURE_HTTPS", default=False)
+SESSION_COOKIE_SECURE = SECURE_HTTPS
+CSRF_COOKIE_SECURE = SECURE_HTTPS
+SECURE_SSL_REDIRECT = SECURE_HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if SECURE_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HTTPS
+SECURE_HSTS_PRELOAD = SECURE_HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE_HTTPS else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# --- Ably -------------------------------------------------------------------------------------
+# Without ABLY_API_KEY in the environment the site uses the local stand-in's development key and
+# endpoint. With a real key and no ABLY_ENDPOINT, both SDKs talk to real Ably.
+_ably_key_from_env = env.str("ABLY_API_KEY", default="")
+ABLY_API_KEY = _ably_key_from_env or DEV_ABLY_API_KEY
+# One setting points ably-js (browser) and ably-python (Django, agent) at a non-default endpoint,
+# as a URL: http://host:port for a plain stand-in. Empty means Ably's own production endpoint.
+ABLY_ENDPOINT = env.str("ABLY_ENDPOINT", default="" if _ably_key_from_env else LOCAL_ABLY_ENDPOINT)
+ABLY_TOKEN_TTL_SECONDS = env.int("ABLY_TOKEN_TTL_SECONDS", default=3600)
+ABLY_AGENT_CLIENT_ID = env.str("ABLY_AGENT_CLIENT_ID", default="agent")
+# clientId of publishes made by Django itself (title changes, list updates).
+ABLY_SERVER_CLIENT_ID = env.str("ABLY_SERVER_CLIENT_ID", default="server")
+
+# --- Anthropic --------------------------------------------------------------------------------
+_anthropic_key_from_env = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_API_KEY = _anthropic_key_from_env or "local-stand-in-key"
+ANTHROPIC_BASE_URL = env.str(
+    "ANTHROPIC_BASE_URL", default="" if _anthropic_key_from_env else LOCAL_ANTHROPIC_BASE_URL
+)
+CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-sonnet-5-5")
+CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=4096)
+CLAUDE_SYSTEM_PROMPT = env.str(
+    "CLAUDE_SYSTEM_PROMPT",
+    default="You are Claude, a helpful assistant. Answer clearly; use Markdown where it helps.",
+)
+CLAUDE_CONTEXT_TOKEN_BUDGET = env.int("CLAUDE_CONTEXT_TOKEN_BUDGET", default=100_000)
+
+# --- Streaming --------------------------------------------------------------------------------
+STREAMING_PATTERN = env.str("STREAMING_PATTERN", default="message-per-response")
+if STREAMING_PATTERN not in ("message-per-response", "message-per-token"):
+    raise environ.ImproperlyConfigured(
+        "STREAMING_PATTERN must be 'message-per-response' or 'message-per-token'"
+    )
+MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=20_000)
+PROMPT_RATE_LIMIT_PER_MINUTE = env.int("PROMPT_RATE_LIMIT_PER_MINUTE", default=20)
+
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # One INFO line per HTTP request would drown the publish and agent logs.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # ably-python logs every frame and state change at INFO.
+        "ably": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,224 @@
+"""Every state change that has side effects, and the only place realtime publishes start.
+
+Each action writes inside a transaction and publishes after it commits, so a device never hears
+about a change that rolled back. Web actions come first; the agent's are in the section below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import events, realtime
+from .models import Conversation, Message
+
+
+def _publish_on_commit(channel: str, event: realtime.Event) -> None:
+    transaction.on_commit(lambda: realtime.publish(channel, event))
+
+
+def _list_change(
+    conversation: Conversation, action: events.ListAction
+) -> events.ConversationChange:
+    return events.ConversationChange(
+        action=action,
+        conversation_id=str(conversation.pk),
+        title=conversation.title,
+        updated_at=conversation.updated_at.isoformat() if conversation.updated_at else "",
+        extra={"archived": conversation.archived, "url": conversation.get_absolute_url()},
+    )
+
+
+def publish_list_change(conversation: Conversation, action: events.ListAction) -> None:
+    """Tell all the owner's devices that one conversation in their list changed."""
+    channel = events.user_channel(realtime.client_id_for_user(conversation.owner))
+    _publish_on_commit(channel, _list_change(conversation, action))
+
+
+def create_conversation(owner: Any, *, title: str = "") -> Conversation:
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=owner, title=title, title_set_by_user=bool(title)
+        )
+        publish_list_change(conversation, events.ListAction.CREATED)
+    return conversation
+
+
+def rename_conversation(conversation: Conversation, title: str) -> Conversation:
+    """Set a title the user chose; it wins over any title the model suggests later."""
+    with transaction.atomic():
+        conversation.title = title
+        conversation.title_set_by_user = True
+        # Not `updated_at`: a rename is not activity and must not reorder the list.
+        conversation.save(update_fields=["title", "title_set_by_user"])
+        _publish_on_commit(conversation.channel_name, events.Title(title=title))
+        publish_list_change(conversation, events.ListAction.RENAMED)
+    return conversation
+
+
+def set_archived(conversation: Conversation, archived: bool) -> Conversation:
+    with transaction.atomic():
+        conversation.archived = archived
+        conversation.save(update_fields=["archived"])
+        action = events.ListAction.ARCHIVED if archived else events.ListAction.UNARCHIVED
+        publish_list_change(conversation, action)
+    return conversation
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    with transaction.atomic():
+        # The event is built before the row (and its primary key) is gone.
+        change = _list_change(conversation, events.ListAction.DELETED)
+        channel = events.user_channel(realtime.client_id_for_user(conversation.owner))
+        conversation.delete()
+        _publish_on_commit(channel, change)
+
+
+# --- Agent-side actions ---
+# Called by `conversations.agent` (through sync_to_async) as it answers prompts. Each is one short
+# unit of work; no write happens per token.
+
+
+def record_prompt(
+    conversation_id: Any, *, prompt_id: str, text: str, client_id: str
+) -> tuple[Message, bool]:
+    """Store a prompt once however often it is replayed (live, history catch-up, other agents).
+
+    Returns the stored prompt and whether this call created it. A promptId already used in a
+    different conversation raises ValueError: it cannot be the same prompt.
+    """
+    with transaction.atomic():
+        prompt, created = Message.objects.get_or_create(
+            prompt_id=prompt_id,
+            role=Message.Role.USER,
+            defaults={
+                "conversation_id": conversation_id,
+                "client_id": client_id,
+                "text": text,
+                "status": Message.Status.COMPLETE,
+            },
+        )
+        if str(prompt.conversation_id) != str(conversation_id):
+            raise ValueError("promptId already belongs to another conversation")
+        if created:
+            Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+    return prompt, created
+
+
+def claim_reply(prompt: Message, *, response_id: str, model: str, agent_id: str) -> Message | None:
+    """Create the reply row, which claims the prompt for this agent process.
+
+    The unique constraint on (prompt_id, role=assistant) makes exactly one of any number of
+    agent processes succeed; the others get None and leave the prompt alone.
+    """
+    try:
+        with transaction.atomic():
+            return Message.objects.create(
+                conversation_id=prompt.conversation_id,
+                role=Message.Role.ASSISTANT,
+                prompt_id=prompt.prompt_id,
+                response_id=response_id,
+                model=model,
+                agent_id=agent_id,
+                status=Message.Status.STREAMING,
+            )
+    except IntegrityError:
+        return None
+
+
+def finish_reply(
+    reply: Message,
+    *,
+    status: events.Status,
+    text: str,
+    thinking: str = "",
+    stop_reason: str = "",
+    error: str = "",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    first_token_at: Any = None,
+) -> bool:
+    """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted)."""
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+            status=str(status),
+            text=text,
+            thinking=thinking,
+            stop_reason=stop_reason or "",
+            error=error,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            first_token_at=first_token_at,
+            completed_at=timezone.now(),
+        )
+        if updated:
+            conversation = Conversation.objects.select_related("owner").get(
+                pk=reply.conversation_id
+            )
+            conversation.save(update_fields=["updated_at"])
+            publish_list_change(conversation, events.ListAction.ACTIVITY)
+    return bool(updated)
+
+
+def interrupt_abandoned_replies(*, agent_id: str, stale_before: Any) -> list[Message]:
+    """Mark `streaming` replies no live agent is writing as `interrupted`; return them.
+
+    A reply is abandoned when it was claimed under this agent id (the process that owned it
+    is gone: we are its restart) or when it has been streaming since before `stale_before`
+    (its agent never came back).
+    """
+    with transaction.atomic():
+        abandoned = list(
+            Message.objects.select_for_update()
+            .filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+            .filter(Q(agent_id=agent_id) | Q(created_at__lt=stale_before))
+        )
+        now = timezone.now()
+        for reply in abandoned:
+            reply.status = Message.Status.INTERRUPTED
+            reply.stop_reason = "interrupted"
+            reply.completed_at = now
+            reply.save(update_fields=["status", "stop_reason", "completed_at"])
+    return abandoned
+
+
+def apply_generated_title(conversation_id: Any, title: str) -> bool:
+    """Save the model's title unless the user has named the conversation; tell every device."""
+    with transaction.atomic():
+        unnamed = Conversation.objects.filter(pk=conversation_id, title_set_by_user=False)
+        updated = unnamed.update(title=title)
+        if updated:
+            conversation = Conversation.objects.select_related("owner").get(pk=conversation_id)
+            _publish_on_commit(conversation.channel_name, events.Title(title=title))
+            publish_list_change(conversation, events.ListAction.RENAMED)
+    return bool(updated)
+
+
+def record_interrupted_text(reply: Message, *, text: str, thinking: str) -> None:
+    """Keep what devices saw of an interrupted reply (read back from the channel's history)."""
+    Message.objects.filter(pk=reply.pk, status=Message.Status.INTERRUPTED).update(
+        text=text, thinking=thinking
+    )
+
+
+def interrupt_replies(reply_ids: list[int]) -> list[Message]:
+    """Mark these replies `interrupted` if they are still `streaming`; return the ones marked.
+
+    Several agents may find the same orphan at once: only the one whose update wins announces it.
+    """
+    with transaction.atomic():
+        orphans = list(
+            Message.objects.select_for_update().filter(
+                pk__in=reply_ids, status=Message.Status.STREAMING
+            )
+        )
+        now = timezone.now()
+        for reply in orphans:
+            reply.status = Message.Status.INTERRUPTED
+            reply.stop_reason = "interrupted"
+            reply.completed_at = now
+            reply.save(update_fields=["status", "stop_reason", "completed_at"])
+    return orphans

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from . import actions
+from .models import Conversation, Message
+
+User = get_user_model()
+
+
+def _subquery_total(queryset: QuerySet, group_field: str, aggregate: Any) -> Coalesce:
+    """A per-row total as a subquery: joining two reverse relations would multiply the counts."""
+    totals = (
+        queryset.filter(**{group_field: OuterRef("pk")})
+        .order_by()
+        .values(group_field)
+        .annotate(total=aggregate)
+        .values("total")
+    )
+    return Coalesce(Subquery(totals, output_field=IntegerField()), 0)
+
+
+# --- Exports ---
+
+
+def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.pk),
+        "title": conversation.title,
+        "owner": conversation.owner.get_username(),
+        "archived": conversation.archived,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "messages": [
+            {
+                "role": message.role,
+                "client_id": message.client_id,
+                "text": message.text,
+                "thinking": message.thinking,
+                "status": message.status,
+                "prompt_id": str(message.prompt_id),
+                "response_id": str(message.response_id) if message.response_id else None,
+                "model": message.model,
+                "stop_reason": message.stop_reason,
+                "error": message.error,
+                "input_tokens": message.input_tokens,
+                "output_tokens": message.output_tokens,
+                "created_at": message.created_at.isoformat(),
+                "completed_at": message.completed_at.isoformat() if message.completed_at else None,
+            }
+            for message in conversation.messages.all()
+        ],
+    }
+
+
+def conversation_as_markdown(conversation: Conversation) -> str:
+    lines = [
+        f"# {conversation.display_title}",
+        "",
+        f"- Owner: {conversation.owner.get_username()}",
+        f"- Created: {conversation.created_at.isoformat()}",
+        f"- Last activity: {conversation.updated_at.isoformat()}",
+        f"- Conversation id: {conversation.pk}",
+        "",
+    ]
+    for message in conversation.messages.all():
+        who = "User" if message.role == Message.Role.USER else "Claude"
+        status = "" if message.status == Message.Status.COMPLETE else f" ({message.status})"
+        lines += [f"## {who}{status}", "", message.text or "_(no text)_", ""]
+        if message.error:
+            lines += [f"> Error: {message.error}", ""]
+    return "\n".join(lines)
+
+
+def _download(content: str, content_type: str, extension: str, count: int) -> HttpResponse:
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = (
+        f'attachment; filename="conversations-{count}-{stamp}.{extension}"'
+    )
+    return response
+
+
+# --- Conversations ---
+
+
+class ReplyStatusFilter(admin.SimpleListFilter):
+    title = "reply status"
+    parameter_name = "reply_status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, f"has a {label.lower()} reply") for value, label in Message.Status.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in Message.Status.values:
+            return queryset
+        replies = Message.objects.filter(role=Message.Role.ASSISTANT, status=self.value())
+        return queryset.filter(pk__in=replies.values("conversation_id"))
+
+
+class TranscriptInline(admin.TabularInline):
+    model = Message
+    verbose_name = "message"
+    verbose_name_plural = "transcript"
+    fields = (
+        "created_at",
+        "role",
+        "client_id",
+        "text",
+        "status",
+        "model",
+        "stop_reason",
+        "error",
+        "input_tokens",
+        "output_tokens",
+    )
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_title",
+        "owner",
+        "created_at",
+        "updated_at",
+        "message_count",
+        "input_tokens",
+        "output_tokens",
+        "archived",
+    )
+    list_filter = ("archived", ReplyStatusFilter, "created_at")
+    list_select_related = ("owner",)
+    search_fields = ("title", "owner__username", "owner__email", "messages__text")
+    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link")
+    fields = ("id", "owner", "title", "title_set_by_user", "system_prompt", "archived")
+    fields += ("created_at", "updated_at", "watch_link")
+    ordering = ("-updated_at",)
+    date_hierarchy = "updated_at"
+    inlines = (TranscriptInline,)
+    actions = ("archive_selected", "export_json", "export_markdown")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _message_count=_subquery_total(Message.objects, "conversation", Count("pk")),
+                _input_tokens=_subquery_total(Message.objects, "conversation", Sum("input_tokens")),
+                _output_tokens=_subquery_total(
+                    Message.objects, "conversation", Sum("output_tokens")
+                ),
+            )
+        )
+
+    @admin.display(description="title", ordering="title")
+    def display_title(self, conversation: Conversation) -> str:
+        return conversation.display_title
+
+    @admin.display(description="messages", ordering="_message_count")
+    def message_count(self, conversation: Conversation) -> int:
+        return conversation._message_count
+
+    @admin.display(description="input tokens", ordering="_input_tokens")
+    def input_tokens(self, conversation: Conversation) -> int:
+        return conversation._input_tokens
+
+    @admin.display(description="output tokens", ordering="_output_tokens")
+    def output_tokens(self, conversation: Conversation) -> int:
+        return conversation._output_tokens
+
+    @admin.display(description="live view")
+    def watch_link(self, conversation: Conversation) -> str:
+        return format_html(
+            '<a href="{}">Watch this conversation live (read-only)</a>',
+            conversation.get_absolute_url(),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Conversation, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+        elif form.changed_data:
+            # Only what changed: a full save would bump `updated_at`, the last user activity.
+            obj.save(update_fields=form.changed_data)
+        # Through the actions too, so the owner's open pages and lists update live.
+        if change and "title" in form.changed_data:
+            actions.rename_conversation(obj, obj.title)
+        if change and "archived" in form.changed_data:
+            actions.set_archived(obj, obj.archived)
+
+    # Deletes go through the action so the owner's devices drop the conversation live.
+    def delete_model(self, request: HttpRequest, obj: Conversation) -> None:
+        actions.delete_conversation(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for conversation in queryset.select_related("owner"):
+            actions.delete_conversation(conversation)
+
+    @admin.action(description="Archive selected conversations")
+    def archive_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = 0
+        for conversation in queryset.filter(archived=False).select_related("owner"):
+            actions.set_archived(conversation, True)
+            count += 1
+        self.message_user(request, f"Archived {count} conversation(s).", messages.SUCCESS)
+
+    @admin.action(description="Export selected conversations as JSON")
+    def export_json(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        conversations = queryset.select_related("owner").prefetch_related("messages")
+        payload = [conversation_as_dict(c) for c in conversations.order_by("created_at")]
+        content = json.dumps({"conversations": payload}, indent=2, ensure_ascii=False)
+        return _download(content, "application/json", "json", len(payload))
+
+    @admin.action(description="Export selected conversations as Markdown")
+    def export_markdown(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        conversations = list(
+            queryset.select_related("owner").prefetch_related("messages").order_by("created_at")
+        )
+        content = "\n\n---\n\n".join(conversation_as_markdown(c) for c in conversations)
+        return _download(content, "text/markdown; charset=utf-8", "md", len(conversations))
+
+
+# --- Users, with their usage ---
+
+
+class UsageUserAdmin(UserAdmin):
+    list_display = (
+        "username",
+        "email",
+        "is_staff",
+        "is_active",
+        "conversation_count",
+        "message_count",
+        "input_tokens",
+        "output_tokens",
+        "last_login",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        sent = Message.objects.all()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _conversation_count=_subquery_total(Conversation.objects, "owner", Count("pk")),
+                _message_count=_subquery_total(sent, "conversation__owner", Count("pk")),
+                _input_tokens=_subquery_total(sent, "conversation__owner", Sum("input_tokens")),
+                _output_tokens=_subquery_total(sent, "conversation__owner", Sum("output_tokens")),
+            )
+        )
+
+    @admin.display(description="conversations", ordering="_conversation_count")
+    def conversation_count(self, user: Any) -> int:
+        return user._conversation_count
+
+    @admin.display(description="messages", ordering="_message_count")
+    def message_count(self, user: Any) -> int:
+        return user._message_count
+
+    @admin.display(description="input tokens", ordering="_input_tokens")
+    def input_tokens(self, user: Any) -> int:
+        return user._input_tokens
+
+    @admin.display(description="output tokens", ordering="_output_tokens")
+    def output_tokens(self, user: Any) -> int:
+        return user._output_tokens
+
+
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, UsageUserAdmin)

@@ -1,0 +1,196 @@
+"""Talking to Claude: the request, the agent's own retry loop, and failures in users' words.
+
+The SDK's built-in retries are turned off (`max_retries=0`) because they happen invisibly inside
+`messages.stream().__aenter__`; retrying here lets the agent tell every device it is retrying
+(presence status `retrying`) between attempts. The policy mirrors the SDK's: 408, 409, 429 and
+5xx (529 included) and connection failures are retried, `x-should-retry` and `retry-after(-ms)`
+are obeyed. Nothing is retried once text has started to flow (anthropic-stream.md §0.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+
+from .config import AgentConfig
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# A server asking for a longer pause than this gets a final error instead of a stalled reply.
+MAX_HONOURED_RETRY_AFTER = 60.0
+
+
+class ModelFailure(Exception):
+    """The model request failed for good; `user_message` is what the devices show."""
+
+    def __init__(self, user_message: str, *, stop_reason: str, detail: str = "") -> None:
+        super().__init__(detail or user_message)
+        self.user_message = user_message
+        self.stop_reason = stop_reason
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    attempt: int  # the attempt that failed, from 1
+    delay: float
+    reason: str
+
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def make_client(config: AgentConfig) -> anthropic.AsyncAnthropic:
+    # The read timeout is the stall watchdog: it bounds the silence between any two chunks of a
+    # stream (pings included), not the length of a reply, so long answers are unaffected.
+    timeout = httpx2.Timeout(
+        config.stall_timeout,
+        connect=min(CONNECT_TIMEOUT_SECONDS, config.stall_timeout),
+    )
+    return anthropic.AsyncAnthropic(
+        api_key=config.anthropic_api_key,
+        base_url=config.anthropic_base_url or None,
+        max_retries=0,
+        timeout=timeout,
+    )
+
+
+def is_stall(error: BaseException) -> bool:
+    return isinstance(error, anthropic.APITimeoutError | httpx2.TimeoutException)
+
+
+def _header(error: BaseException, name: str) -> str | None:
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers.get(name) if headers is not None else None
+
+
+def is_retryable(error: BaseException) -> bool:
+    if isinstance(error, anthropic.APIStatusError):
+        should_retry = _header(error, "x-should-retry")
+        if should_retry in ("true", "false"):
+            return should_retry == "true"
+        return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
+    return isinstance(error, anthropic.APIConnectionError)
+
+
+def retry_delay(error: BaseException, failed_attempts: int, config: AgentConfig) -> float:
+    """Seconds to wait before the next attempt: the server's `retry-after`, else backoff."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = _header(error, name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds > 0:
+            return min(seconds, MAX_HONOURED_RETRY_AFTER)
+    backoff = min(config.retry_base_delay * 2 ** (failed_attempts - 1), config.retry_max_delay)
+    return backoff * (1 - 0.25 * random.random())
+
+
+def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
+    """Turn any model-side failure into a message a user can act on."""
+    if isinstance(error, ModelFailure):
+        return error
+    if is_stall(error):
+        if mid_stream:
+            message = (
+                "Claude stopped responding part-way through this reply. The text so far is "
+                "kept; please send your message again."
+            )
+        else:
+            message = "Claude did not respond in time. Please try again."
+        return ModelFailure(message, stop_reason="error", detail=repr(error))
+    if isinstance(error, anthropic.APIStatusError):
+        kind = getattr(error, "type", None) or ""
+        if error.status_code == 200 or mid_stream:
+            what = "overloaded" if kind == "overloaded_error" else "had an error"
+            return ModelFailure(
+                f"Claude {what} part-way through this reply. The text so far is kept; "
+                "please send your message again.",
+                stop_reason="error",
+                detail=str(error),
+            )
+        if error.status_code == 429:
+            message = (
+                "Claude is receiving too many requests right now. Please try again in a moment."
+            )
+        elif error.status_code == 529 or kind == "overloaded_error":
+            message = "Claude is overloaded right now. Please try again in a moment."
+        elif error.status_code >= 500:
+            message = "Claude had an internal error. Please try again."
+        elif error.status_code in (401, 403):
+            message = "The assistant is not configured correctly (model access was refused)."
+        else:
+            api_message = getattr(error, "api_message", None) or getattr(error, "message", "")
+            message = f"Claude could not handle this request: {api_message}"
+        return ModelFailure(message, stop_reason="error", detail=str(error))
+    if isinstance(error, anthropic.APIConnectionError):
+        return ModelFailure(
+            "Could not reach Claude. Please try again.", stop_reason="error", detail=repr(error)
+        )
+    if isinstance(error, httpx2.HTTPError):
+        return ModelFailure(
+            "The connection to Claude dropped before the reply finished. The text so far is "
+            "kept; please send your message again.",
+            stop_reason="error",
+            detail=repr(error),
+        )
+    return ModelFailure(
+        "Something went wrong while writing this reply. Please try again.",
+        stop_reason="error",
+        detail=repr(error),
+    )
+
+
+@asynccontextmanager
+async def open_stream(
+    client: anthropic.AsyncAnthropic,
+    request: dict[str, Any],
+    config: AgentConfig,
+    on_retry: Callable[[RetryNotice], Awaitable[None]],
+) -> AsyncIterator[Any]:
+    """`client.messages.stream(...)` entered with retries; leaving the block closes the HTTP stream."""
+    attempt = 0
+    while True:
+        attempt += 1
+        manager = client.messages.stream(**request)
+        try:
+            stream = await manager.__aenter__()
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as error:
+            if attempt >= config.model_attempts or not is_retryable(error):
+                raise describe_failure(error, mid_stream=False) from error
+            delay = retry_delay(error, attempt, config)
+            reason = (
+                f"HTTP {error.status_code}"
+                if isinstance(error, anthropic.APIStatusError)
+                else "connection"
+            )
+            logger.info("model attempt %d failed (%s); retrying in %.2fs", attempt, reason, delay)
+            await on_retry(RetryNotice(attempt=attempt, delay=delay, reason=reason))
+            await asyncio.sleep(delay)
+            continue
+        break
+    try:
+        yield stream
+    finally:
+        # Closes the HTTP response, which is what aborts generation server-side.
+        await manager.__aexit__(None, None, None)
+
+
+async def complete_text(
+    client: anthropic.AsyncAnthropic, request: dict[str, Any], *, timeout: float = 30.0
+) -> str:
+    """A short non-streaming request (titles); returns its text."""
+    message = await client.messages.create(**request, timeout=timeout)
+    return "".join(block.text for block in message.content if getattr(block, "type", "") == "text")

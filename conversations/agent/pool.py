@@ -1,0 +1,134 @@
+"""A fixed pool of realtime connections; each channel always lives on the same one.
+
+Ordering is per connection, so every operation on a channel goes through the connection its
+name hashes to (ai-transport B4/F1). Each connection has its own rate limiter (Ably counts
+50 msg/s per connection) and holds at most `max_channels_per_connection` attached channels
+(Ably allows 200), evicting its least recently used idle conversation to make room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ably import AblyRealtime, AblyRest
+from ably.types.connectionstate import ConnectionState
+
+from .config import AgentConfig
+from .streaming import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 15.0
+
+
+def ably_client_options(config: AgentConfig) -> dict[str, Any]:
+    """ably-python options for the configured endpoint (empty endpoint = real Ably)."""
+    from conversations.ably_compat import python_client_options
+
+    options = dict(python_client_options(config.ably_endpoint))
+    transport_params = dict(options.pop("transport_params", None) or {})
+    # The agent never needs its own messages back (A8): they would only spend the rate budget.
+    transport_params.setdefault("echo", "false")
+    options["transport_params"] = transport_params
+    if options.get("use_token_auth"):
+        # ably-python's realtime Auth leaves the clientId out of the TokenRequests it signs
+        # (Auth.__init__ keeps client_id only for REST clients), so the token would not match
+        # the connection's clientId; default token params put it back.
+        options["default_token_params"] = {"client_id": config.agent_client_id}
+    return options
+
+
+class PooledConnection:
+    def __init__(self, index: int, client: AblyRealtime, limiter: RateLimiter) -> None:
+        self.index = index
+        self.client = client
+        self.limiter = limiter
+        # channel name -> owner object (most recently used last).
+        self.attached: OrderedDict[str, Any] = OrderedDict()
+        # Attached channels that are not conversations (the lifecycle metachannel).
+        self.reserved = 0
+
+    def has_room(self, max_channels: int) -> bool:
+        return len(self.attached) + self.reserved < max_channels
+
+    def touch(self, channel_name: str) -> None:
+        if channel_name in self.attached:
+            self.attached.move_to_end(channel_name)
+
+
+class ConnectionPool:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        client_factory: Callable[[AgentConfig], AblyRealtime] | None = None,
+    ) -> None:
+        self.config = config
+        self._client_factory = client_factory or self._default_client
+        self.connections: list[PooledConnection] = []
+        # History and channel listing go through a plain REST client: ably-python's realtime
+        # client (with token auth) sends an in-band AUTH on its connection before every REST
+        # request it makes, which costs rate budget and can make Ably re-sync the channels.
+        self.rest: AblyRest | None = None
+
+    @staticmethod
+    def _default_client(config: AgentConfig) -> AblyRealtime:
+        return AblyRealtime(
+            key=config.ably_key, client_id=config.agent_client_id, **ably_client_options(config)
+        )
+
+    async def connect(self) -> None:
+        options = ably_client_options(self.config)
+        options.pop("transport_params", None)
+        options.pop("default_token_params", None)
+        self.rest = AblyRest(key=self.config.ably_key, **options)
+        for index in range(self.config.connections):
+            client = self._client_factory(self.config)
+            self.connections.append(
+                PooledConnection(index, client, RateLimiter(self.config.max_messages_per_second))
+            )
+        await asyncio.gather(*(self._wait_connected(c.client) for c in self.connections))
+
+    @staticmethod
+    async def _wait_connected(client: AblyRealtime) -> None:
+        if client.connection.state == ConnectionState.CONNECTED:
+            return
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                while client.connection.state != ConnectionState.CONNECTED:
+                    if client.connection.state in (ConnectionState.FAILED, ConnectionState.CLOSED):
+                        raise ConnectionError(
+                            f"Ably connection failed: {client.connection.error_reason}"
+                        )
+                    await client.connection.once_async()
+        except TimeoutError:
+            raise ConnectionError(
+                f"Ably connection not established within {CONNECT_TIMEOUT_SECONDS:.0f}s "
+                f"(state {client.connection.state}, {client.connection.error_reason})"
+            ) from None
+
+    def for_channel(self, channel_name: str) -> PooledConnection:
+        # crc32, not hash(): stable across processes and restarts.
+        index = zlib.crc32(channel_name.encode()) % len(self.connections)
+        return self.connections[index]
+
+    @property
+    def primary(self) -> PooledConnection:
+        return self.connections[0]
+
+    async def close(self) -> None:
+        results = await asyncio.gather(
+            *(c.client.close() for c in self.connections), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.warning("closing an Ably connection failed: %r", result)
+        self.connections.clear()
+        if self.rest is not None:
+            await self.rest.close()
+            self.rest = None

@@ -1,0 +1,178 @@
+"""What the agent reads from the database. Writes live in `conversations.actions`.
+
+Every function is synchronous and short; the agent calls them through `db()`, which runs them
+in Django's thread for sync code and closes stale connections around each unit of work.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import close_old_connections
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from conversations import realtime
+from conversations.models import Conversation, Message
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# A rough, dependency-free token estimate (Claude averages ~4 characters per token in English);
+# the budget only has to keep requests well inside the context window.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+async def db(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run one unit of ORM work from asyncio with fresh connection hygiene."""
+
+    def unit() -> R:
+        close_old_connections()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(unit, thread_sensitive=True)()
+
+
+def user_for_client_id(client_id: str | None) -> Any | None:
+    pk = realtime.user_pk_from_client_id(client_id)
+    if pk is None:
+        return None
+    return get_user_model().objects.filter(pk=pk, is_active=True).first()
+
+
+def sender_may_write(conversation_id: Any, client_id: str | None) -> bool:
+    """Whether the (Ably-verified) clientId belongs to a user who may write to the conversation."""
+    user = user_for_client_id(client_id)
+    if user is None:
+        return False
+    return Conversation.objects.for_user(user).filter(pk=conversation_id).exists()
+
+
+def conversation_exists(conversation_id: Any) -> bool:
+    return Conversation.objects.filter(pk=conversation_id).exists()
+
+
+def prompts_since(client_id: str, since: datetime.datetime, *, excluding: Any = None) -> int:
+    """How many prompts this clientId sent since `since` (for the per-user rate limit)."""
+    prompts = Message.objects.filter(
+        role=Message.Role.USER, client_id=client_id, created_at__gte=since
+    )
+    if excluding is not None:
+        prompts = prompts.exclude(pk=excluding)
+    return prompts.count()
+
+
+def answered_prompt_ids(prompt_ids: list[str]) -> set[str]:
+    """Which of these prompts already have a reply (claimed by any agent)."""
+    replied = Message.objects.filter(role=Message.Role.ASSISTANT, prompt_id__in=prompt_ids)
+    return {str(value) for value in replied.values_list("prompt_id", flat=True)}
+
+
+def earlier_replies_in_progress(prompt: Message) -> list[Message]:
+    """Replies to earlier prompts of the same conversation that are still streaming."""
+    earlier_prompts = Message.objects.filter(
+        conversation_id=prompt.conversation_id,
+        role=Message.Role.USER,
+        created_at__lt=prompt.created_at,
+    ).values("prompt_id")
+    return list(
+        Message.objects.filter(
+            conversation_id=prompt.conversation_id,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            prompt_id__in=earlier_prompts,
+        )
+    )
+
+
+def streaming_replies(conversation_id: Any) -> list[Message]:
+    return list(
+        Message.objects.filter(
+            conversation_id=conversation_id,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+        )
+    )
+
+
+def conversations_with_recent_activity(since: datetime.datetime) -> list[str]:
+    """Conversations worth attaching at start-up: active lately or holding an unanswered prompt."""
+    unanswered = Message.objects.filter(
+        role=Message.Role.USER, conversation=OuterRef("pk"), created_at__gte=since
+    ).exclude(prompt_id__in=Message.objects.filter(role=Message.Role.ASSISTANT).values("prompt_id"))
+    conversations = Conversation.objects.filter(Q(updated_at__gte=since) | Exists(unanswered))
+    return [str(pk) for pk in conversations.values_list("pk", flat=True)]
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    system: str
+    messages: list[dict[str, Any]]
+    dropped_turns: int
+    first_exchange: bool
+    needs_title: bool
+
+
+def model_context(prompt: Message, *, default_system: str, token_budget: int) -> ModelContext:
+    """The conversation so far, newest turns kept within the budget, ending with `prompt`.
+
+    Only turns whose reply has text go in (an errored, empty reply would leave two user turns
+    in a row); a cancelled or interrupted reply contributes the text the user saw.
+    """
+    conversation = Conversation.objects.get(pk=prompt.conversation_id)
+    earlier = list(
+        Message.objects.filter(
+            conversation_id=prompt.conversation_id, created_at__lte=prompt.created_at
+        )
+        .exclude(pk=prompt.pk)
+        .order_by("created_at", "id")
+    )
+    replies = {m.prompt_id: m for m in earlier if m.role == Message.Role.ASSISTANT and m.text}
+    pairs = [
+        (m, replies[m.prompt_id])
+        for m in earlier
+        if m.role == Message.Role.USER and m.prompt_id in replies
+    ]
+    system = conversation.system_prompt.strip() or default_system
+    budget = token_budget - estimate_tokens(system) - estimate_tokens(prompt.text)
+    kept: list[tuple[Message, Message]] = []
+    for user_turn, reply in reversed(pairs):
+        cost = estimate_tokens(user_turn.text) + estimate_tokens(reply.text)
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append((user_turn, reply))
+    kept.reverse()
+    messages: list[dict[str, Any]] = []
+    for user_turn, reply in kept:
+        messages.append({"role": "user", "content": user_turn.text})
+        messages.append({"role": "assistant", "content": reply.text})
+    messages.append({"role": "user", "content": prompt.text})
+    return ModelContext(
+        system=system,
+        messages=messages,
+        dropped_turns=len(pairs) - len(kept),
+        first_exchange=not pairs,
+        needs_title=not conversation.title and not conversation.title_set_by_user,
+    )
+
+
+def owner_client_id(conversation_id: Any) -> str | None:
+    conversation = Conversation.objects.select_related("owner").filter(pk=conversation_id).first()
+    return realtime.client_id_for_user(conversation.owner) if conversation else None
+
+
+def now() -> datetime.datetime:
+    return timezone.now()

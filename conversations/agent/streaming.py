@@ -1,0 +1,387 @@
+"""Putting one reply's text onto its channel within Ably's limits, for both streaming patterns.
+
+Deltas from the model are buffered and flushed at most once per flush window and never faster
+than the connection's rate limiter allows; while a flush waits for the limiter, more deltas pile
+up and go out together. So however many replies share a connection, its outbound rate stays
+under Ably's 50 msg/s: more concurrency means bigger messages, not more of them.
+
+Appends (and token publishes) are not awaited one by one (ai-transport B2): each is started as a
+task in order, which keeps wire order on one connection, and all are gathered when the reply
+ends. If any failed, the documented fallback runs (B5): message-per-response updates the
+message with the full text, message-per-token publishes a `snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ably.types.channelstate import ChannelState
+from ably.types.connectionstate import ConnectionState
+from ably.types.message import Message
+
+from conversations import events
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """Spaces operations at least 1/rate seconds apart, first come first served.
+
+    Waiters queue on a fair lock and each measures its gap from when the previous one actually
+    went, not from a slot reserved in advance: after the event loop stalls, reserved slots would
+    all lie in the past and the queued operations would leave in one burst over Ably's limit.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._last = float("-inf")
+        self._turn = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._turn:
+            wait = self._last + self.interval - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            self._last = self._clock()
+
+
+class PendingText:
+    """Deltas not yet sent, in arrival order, merged while they belong to the same part."""
+
+    def __init__(self) -> None:
+        self._segments: list[tuple[events.Part, str]] = []
+
+    def add(self, part: events.Part, text: str) -> None:
+        if not text:
+            return
+        if self._segments and self._segments[-1][0] == part:
+            self._segments[-1] = (part, self._segments[-1][1] + text)
+        else:
+            self._segments.append((part, text))
+
+    def take(self) -> list[tuple[events.Part, str]]:
+        segments, self._segments = self._segments, []
+        return segments
+
+    def __bool__(self) -> bool:
+        return bool(self._segments)
+
+
+# A publish that is refused (e.g. by the rate limit that broke the appends) is tried again
+# after these pauses, the last one repeating until the deadline; Ably's rate windows are one
+# second long.
+REPAIR_RETRY_DELAYS = (0.5, 1.0, 2.0)
+# How often a wait for the channel re-checks states whose change events it may have missed.
+STATE_POLL_SECONDS = 1.0
+
+
+async def with_retries(
+    operation: Callable[[], Awaitable[Any]], attempts: int = len(REPAIR_RETRY_DELAYS) + 1
+) -> None:
+    for delay in (*REPAIR_RETRY_DELAYS[: attempts - 1], None):
+        try:
+            await operation()
+            return
+        except Exception:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+
+
+async def wait_until_usable(channel: Any, timeout: float) -> None:
+    """Until the channel's connection is CONNECTED and the channel ATTACHED.
+
+    After an Ably node restart ably-python can leave a channel SUSPENDED (its re-attach timed
+    out while every client reconnected at once) and then refuses publishes at once (90001)
+    until its own retry timer re-attaches it, 15 s later. Attaching here brings it back as
+    soon as the connection is up. Raises TimeoutError when `timeout` runs out.
+    """
+    async with asyncio.timeout(max(timeout, 0)):
+        while True:
+            connection = channel.ably.connection
+            if connection.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+                raise ConnectionError(f"the Ably connection is {connection.state}")
+            if connection.state != ConnectionState.CONNECTED:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STATE_POLL_SECONDS):
+                        await connection.once_async()
+                continue
+            if channel.state == ChannelState.ATTACHED:
+                return
+            if channel.state in (ChannelState.ATTACHING, ChannelState.DETACHING):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STATE_POLL_SECONDS):
+                        await channel.once_async()
+                continue
+            try:
+                await channel.attach()
+            except Exception as error:  # noqa: BLE001 - try again until the timeout
+                logger.info("re-attaching %s failed: %r", channel.name, error)
+                await asyncio.sleep(STATE_POLL_SECONDS)
+
+
+async def publish_until(
+    operation: Callable[[], Awaitable[Any]], channel: Any, deadline: float, what: str
+) -> None:
+    """Run a publish until it is acknowledged, waiting out Ably outages until `deadline`.
+
+    `deadline` is on the `time.monotonic()` clock. Every operation passed here is idempotent
+    for devices (`start`, a full-text repair, `stop`), so a retry after an ack that was lost
+    with the transport does no harm. Raises the last error once the deadline has passed.
+    """
+    delays = iter(REPAIR_RETRY_DELAYS)
+    while True:
+        try:
+            # A publish queued while the connection is down would otherwise wait until
+            # ably-python gives up on the connection (2 minutes).
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                await operation()
+            return
+        except Exception as error:
+            if time.monotonic() >= deadline:
+                raise
+            pause = next(delays, REPAIR_RETRY_DELAYS[-1])
+            logger.info("%s failed (%r); trying again", what, error)
+            await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            try:
+                await wait_until_usable(channel, deadline - time.monotonic())
+            except (TimeoutError, ConnectionError):
+                raise error from None
+
+
+class ReplyStream(ABC):
+    """One reply's text on its way to the channel. `add` never blocks; `finish` drains."""
+
+    def __init__(
+        self,
+        channel: Any,
+        reply: events.ReplyHeaders,
+        limiter: RateLimiter,
+        flush_window: float,
+        publish_deadline: Callable[[], float] = lambda: time.monotonic() + 10.0,
+    ) -> None:
+        self.channel = channel
+        self.reply = reply
+        self.limiter = limiter
+        self.flush_window = flush_window
+        # Returns the monotonic time by which a repair must have gone out.
+        self.publish_deadline = publish_deadline
+        self.full_text: dict[events.Part, str] = {part: "" for part in events.Part}
+        self.messages_sent = 0
+        self.failed_parts: set[events.Part] = set()
+        self._pending = PendingText()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._in_flight: list[tuple[events.Part, asyncio.Task[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def add(self, part: events.Part, text: str) -> None:
+        if self._closing:
+            raise RuntimeError("reply stream already finished")
+        if not text:
+            return
+        self.full_text[part] += text
+        self._pending.add(part, text)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name=f"flush {self.reply}")
+        self._wakeup.set()
+
+    async def finish(self) -> None:
+        """Send what is left, wait for every send, and repair the channel if any failed."""
+        self._closing = True
+        self._wakeup.set()
+        if self._flusher is not None:
+            await self._flusher
+        await self._gather()
+        if self.failed_parts:
+            await self._recover()
+
+    async def abort(self) -> None:
+        """Stop flushing without sending more (shutdown after the grace period)."""
+        self._closing = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        for _, task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in self._in_flight), return_exceptions=True)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._closing and self.flush_window:
+                # Let more deltas arrive so they travel as one message.
+                await asyncio.sleep(self.flush_window)
+            if self._pending:
+                await self.limiter.acquire()
+                for part, text in self._pending.take():
+                    await self._send(part, text)
+            if self._closing and not self._pending:
+                return
+
+    def _start(self, part: events.Part, operation: Awaitable[Any]) -> None:
+        self.messages_sent += 1
+        self._in_flight.append((part, asyncio.ensure_future(operation)))
+
+    async def _gather(self, part: events.Part | None = None) -> None:
+        waiting = [(p, task) for p, task in self._in_flight if part is None or p == part]
+        if not waiting:
+            return
+        self._in_flight = [(p, task) for p, task in self._in_flight if (p, task) not in waiting]
+        results = await asyncio.gather(*(task for _, task in waiting), return_exceptions=True)
+        for (failed_part, _), result in zip(waiting, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning(
+                    "publish for reply %s (%s) failed: %r",
+                    self.reply.response_id,
+                    failed_part,
+                    result,
+                )
+                self.failed_parts.add(failed_part)
+
+    def _message(self, name: str, data: str, extras: dict[str, Any], **kwargs: Any) -> Message:
+        return Message(name=name, data=data, extras=extras, **kwargs)
+
+    @abstractmethod
+    async def _send(self, part: events.Part, text: str) -> None: ...
+
+    @abstractmethod
+    async def _recover(self) -> None: ...
+
+
+class MessagePerResponseStream(ReplyStream):
+    """One `response` message per part: created empty, then appended to."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.serials: dict[events.Part, str | None] = {}
+        self._current_part: events.Part | None = None
+
+    def _extras(self, part: events.Part) -> dict[str, Any]:
+        return events.ResponseChunk(self.reply, part, "").extras()
+
+    async def _create(self, part: events.Part) -> None:
+        if self._current_part is not None and self._current_part != part:
+            # B2: a create must not race the previous part's appends.
+            await self._gather(self._current_part)
+        self._current_part = part
+        try:
+            result = await self.channel.publish(
+                self._message(events.Name.RESPONSE, "", self._extras(part))
+            )
+            self.serials[part] = result.serials[0] if result and result.serials else None
+        except Exception as error:  # noqa: BLE001 - any publish failure is repaired at the end
+            logger.warning("creating the %s message of %s failed: %r", part, self.reply, error)
+            self.serials[part] = None
+        self.messages_sent += 1
+        if self.serials[part] is None:
+            self.failed_parts.add(part)
+
+    async def _send(self, part: events.Part, text: str) -> None:
+        if part not in self.serials:
+            await self._create(part)
+            await self.limiter.acquire()
+        serial = self.serials[part]
+        if serial is None:
+            return  # No message to append to; `_recover` publishes the whole text.
+        self._start(
+            part,
+            self.channel.append_message(
+                self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
+            ),
+        )
+
+    async def _recover(self) -> None:
+        for part in sorted(self.failed_parts):
+            text = self.full_text[part]
+            serial = self.serials.get(part)
+
+            async def repair(
+                part: events.Part = part, text: str = text, serial: Any = serial
+            ) -> None:
+                await self.limiter.acquire()
+                self.messages_sent += 1
+                if serial is None:
+                    await self.channel.publish(
+                        self._message(events.Name.RESPONSE, text, self._extras(part))
+                    )
+                else:
+                    await self.channel.update_message(
+                        self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
+                    )
+
+            try:
+                await publish_until(
+                    repair,
+                    self.channel,
+                    self.publish_deadline(),
+                    f"repairing {part} of {self.reply}",
+                )
+                self.failed_parts.discard(part)
+                logger.info("repaired %s of reply %s with its full text", part, self.reply)
+            except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
+                logger.error("could not repair %s of reply %s: %r", part, self.reply, error)
+
+
+class MessagePerTokenStream(ReplyStream):
+    """`token` messages numbered per part; a `snapshot` with the whole part repairs a gap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_seq: dict[events.Part, int] = {part: 0 for part in events.Part}
+
+    async def _send(self, part: events.Part, text: str) -> None:
+        token = events.Token(self.reply, part, self.next_seq[part], text)
+        self.next_seq[part] += 1
+        self._start(
+            part, self.channel.publish(self._message(token.name, token.data(), token.extras()))
+        )
+
+    async def _recover(self) -> None:
+        for part in sorted(self.failed_parts):
+            snapshot = events.Snapshot(self.reply, part, self.full_text[part])
+
+            async def repair(snapshot: events.Snapshot = snapshot) -> None:
+                await self.limiter.acquire()
+                self.messages_sent += 1
+                await self.channel.publish(
+                    self._message(snapshot.name, snapshot.data(), snapshot.extras())
+                )
+
+            try:
+                await publish_until(
+                    repair, self.channel, self.publish_deadline(), f"snapshot of {self.reply}"
+                )
+                self.failed_parts.discard(part)
+                logger.info("published a snapshot of %s for reply %s", part, self.reply)
+            except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
+                logger.error("could not publish a snapshot for reply %s: %r", self.reply, error)
+
+
+def reply_stream(
+    pattern_is_token: bool,
+    channel: Any,
+    reply: events.ReplyHeaders,
+    limiter: RateLimiter,
+    flush_window: float,
+    publish_deadline: Callable[[], float],
+) -> ReplyStream:
+    cls = MessagePerTokenStream if pattern_is_token else MessagePerResponseStream
+    return cls(channel, reply, limiter, flush_window, publish_deadline)

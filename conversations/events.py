@@ -1,0 +1,350 @@
+"""Every message shape that crosses Ably, declared once.
+
+Django, the agent, the browser client (through `client_contract()`, rendered into the page) and
+the tests all use these names. A conversation is the channel `ai:<conversation-id>`; a user's
+devices also share `user:<client-id>` for conversation-list updates.
+
+Conversation channel contract:
+
+- `prompt`   user device -> all. data = the prompt text; headers.promptId = a UUID the device made.
+- `start`    agent -> all. headers responseId, promptId, model.
+- `response` agent -> all (message-per-response): created empty, then appended to; headers
+             responseId, promptId, model, part (`text` or `thinking`) on the create and every append.
+- `token`    agent -> all (message-per-token): data = one fragment; same headers plus `seq`, the
+             fragment's index within its part, so a client can drop a doubled fragment.
+- `snapshot` agent -> all (message-per-token recovery): data = the full text of one part so far.
+- `stop`     agent -> all. headers responseId, promptId, model, status, stopReason; data = a
+             user-readable message when status is `error` (or `interrupted`), else empty.
+             Published only after every `response`/`token` of the reply was acknowledged.
+- `cancel`   any participant -> agent. headers.responseId or headers.promptId.
+- `title`    agent or server -> all. data = the conversation's new title.
+
+Clients trust `start`/`response`/`token`/`snapshot`/`stop` only from the agent's clientId and
+`title` only from the agent's or the server's; the agent trusts `prompt`/`cancel` only from a
+verified clientId that may write to the conversation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+CONVERSATION_CHANNEL_PREFIX = "ai:"
+USER_CHANNEL_PREFIX = "user:"
+
+
+class EventError(ValueError):
+    """A message on a channel does not match the contract."""
+
+
+class Name(StrEnum):
+    PROMPT = "prompt"
+    START = "start"
+    RESPONSE = "response"
+    TOKEN = "token"
+    SNAPSHOT = "snapshot"
+    STOP = "stop"
+    CANCEL = "cancel"
+    TITLE = "title"
+    # On the user channel.
+    CONVERSATION = "conversation"
+
+
+AGENT_NAMES = frozenset({Name.START, Name.RESPONSE, Name.TOKEN, Name.SNAPSHOT, Name.STOP})
+
+
+class Status(StrEnum):
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+
+
+FINAL_STATUSES = frozenset({Status.COMPLETE, Status.CANCELLED, Status.ERROR, Status.INTERRUPTED})
+
+
+class Part(StrEnum):
+    TEXT = "text"
+    THINKING = "thinking"
+
+
+class AgentStatus(StrEnum):
+    """The agent's presence data `status` on a conversation channel."""
+
+    IDLE = "idle"
+    THINKING = "thinking"
+    STREAMING = "streaming"
+    RETRYING = "retrying"
+
+
+class ListAction(StrEnum):
+    CREATED = "created"
+    RENAMED = "renamed"
+    ARCHIVED = "archived"
+    UNARCHIVED = "unarchived"
+    DELETED = "deleted"
+    ACTIVITY = "activity"
+
+
+def conversation_channel(conversation_id: uuid.UUID | str) -> str:
+    return f"{CONVERSATION_CHANNEL_PREFIX}{conversation_id}"
+
+
+def conversation_id_from_channel(channel_name: str) -> uuid.UUID | None:
+    """The conversation id of an `ai:` channel name, or None for any other channel."""
+    if not channel_name.startswith(CONVERSATION_CHANNEL_PREFIX):
+        return None
+    try:
+        return uuid.UUID(channel_name[len(CONVERSATION_CHANNEL_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def user_channel(client_id: str) -> str:
+    return f"{USER_CHANNEL_PREFIX}{client_id}"
+
+
+def _headers(extras: Any) -> dict[str, Any]:
+    if extras is None:
+        return {}
+    if not isinstance(extras, dict):
+        raise EventError("extras must be an object")
+    headers = extras.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise EventError("extras.headers must be an object")
+    return headers
+
+
+def _uuid_header(headers: dict[str, Any], key: str) -> str:
+    value = headers.get(key)
+    if not isinstance(value, str):
+        raise EventError(f"headers.{key} is missing")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise EventError(f"headers.{key} is not a UUID") from None
+
+
+def _extras(headers: dict[str, Any]) -> dict[str, Any]:
+    return {"headers": {k: v for k, v in headers.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    text: str
+
+    name = Name.PROMPT
+
+    def data(self) -> str:
+        return self.text
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({"promptId": self.prompt_id})
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Prompt:
+        if not isinstance(data, str):
+            raise EventError("prompt data must be text")
+        return cls(prompt_id=_uuid_header(_headers(extras), "promptId"), text=data)
+
+
+@dataclass(frozen=True)
+class ReplyHeaders:
+    """The headers every agent message about one reply carries (B1/B2: on every append too)."""
+
+    response_id: str
+    prompt_id: str
+    model: str
+
+    def to_dict(self, **more: Any) -> dict[str, Any]:
+        return {
+            "responseId": self.response_id,
+            "promptId": self.prompt_id,
+            "model": self.model,
+            **more,
+        }
+
+    @classmethod
+    def from_extras(cls, extras: Any) -> ReplyHeaders:
+        headers = _headers(extras)
+        model = headers.get("model")
+        return cls(
+            response_id=_uuid_header(headers, "responseId"),
+            prompt_id=_uuid_header(headers, "promptId"),
+            model=model if isinstance(model, str) else "",
+        )
+
+
+@dataclass(frozen=True)
+class Start:
+    reply: ReplyHeaders
+
+    name = Name.START
+
+    def data(self) -> str:
+        return ""
+
+    def extras(self) -> dict[str, Any]:
+        return _extras(self.reply.to_dict())
+
+
+@dataclass(frozen=True)
+class ResponseChunk:
+    """message-per-response: the create (empty text) and each append of one part."""
+
+    reply: ReplyHeaders
+    part: Part
+    text: str
+
+    name = Name.RESPONSE
+
+    def data(self) -> str:
+        return self.text
+
+    def extras(self) -> dict[str, Any]:
+        return _extras(self.reply.to_dict(part=str(self.part)))
+
+
+@dataclass(frozen=True)
+class Token:
+    """message-per-token: one fragment of one part."""
+
+    reply: ReplyHeaders
+    part: Part
+    seq: int
+    text: str
+
+    name = Name.TOKEN
+
+    def data(self) -> str:
+        return self.text
+
+    def extras(self) -> dict[str, Any]:
+        return _extras(self.reply.to_dict(part=str(self.part), seq=self.seq))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """message-per-token recovery: the whole text of one part so far (B5)."""
+
+    reply: ReplyHeaders
+    part: Part
+    text: str
+
+    name = Name.SNAPSHOT
+
+    def data(self) -> str:
+        return self.text
+
+    def extras(self) -> dict[str, Any]:
+        return _extras(self.reply.to_dict(part=str(self.part)))
+
+
+@dataclass(frozen=True)
+class Stop:
+    reply: ReplyHeaders
+    status: Status
+    stop_reason: str | None = None
+    error_message: str = ""
+
+    name = Name.STOP
+
+    def data(self) -> str:
+        return self.error_message
+
+    def extras(self) -> dict[str, Any]:
+        return _extras(self.reply.to_dict(status=str(self.status), stopReason=self.stop_reason))
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Stop:
+        headers = _headers(extras)
+        try:
+            status = Status(headers.get("status"))
+        except ValueError:
+            raise EventError("headers.status is not a reply status") from None
+        return cls(
+            reply=ReplyHeaders.from_extras(extras),
+            status=status,
+            stop_reason=headers.get("stopReason"),
+            error_message=data if isinstance(data, str) else "",
+        )
+
+
+@dataclass(frozen=True)
+class Cancel:
+    response_id: str | None = None
+    prompt_id: str | None = None
+
+    name = Name.CANCEL
+
+    def data(self) -> str:
+        return ""
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({"responseId": self.response_id, "promptId": self.prompt_id})
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Cancel:
+        headers = _headers(extras)
+        response_id = _uuid_header(headers, "responseId") if headers.get("responseId") else None
+        prompt_id = _uuid_header(headers, "promptId") if headers.get("promptId") else None
+        if response_id is None and prompt_id is None:
+            raise EventError("cancel needs headers.responseId or headers.promptId")
+        return cls(response_id=response_id, prompt_id=prompt_id)
+
+
+@dataclass(frozen=True)
+class Title:
+    title: str
+
+    name = Name.TITLE
+
+    def data(self) -> str:
+        return self.title
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({})
+
+
+@dataclass(frozen=True)
+class ConversationChange:
+    """On `user:<client-id>`: a change to the conversation list made on one of the user's devices."""
+
+    action: ListAction
+    conversation_id: str
+    title: str = ""
+    updated_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    name = Name.CONVERSATION
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "action": str(self.action),
+            "id": self.conversation_id,
+            "title": self.title,
+            "updatedAt": self.updated_at,
+            **self.extra,
+        }
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({})
+
+
+def client_contract() -> dict[str, Any]:
+    """The names the browser client switches on, rendered into each page as JSON."""
+    return {
+        "conversationChannelPrefix": CONVERSATION_CHANNEL_PREFIX,
+        "userChannelPrefix": USER_CHANNEL_PREFIX,
+        "names": {member.name.lower(): member.value for member in Name},
+        "agentNames": sorted(AGENT_NAMES),
+        "statuses": {member.name.lower(): member.value for member in Status},
+        "finalStatuses": sorted(FINAL_STATUSES),
+        "parts": {member.name.lower(): member.value for member in Part},
+        "agentStatuses": {member.name.lower(): member.value for member in AgentStatus},
+        "listActions": {member.name.lower(): member.value for member in ListAction},
+    }

@@ -1,0 +1,216 @@
+"""`manage.py run_agent`: answer prompts on every `ai:<conversation>` channel by streaming Claude."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from conversations import events
+from conversations.agent import Agent, AgentConfig, ConfigError
+from conversations.agent.config import STREAMING_PATTERNS
+
+logger = logging.getLogger("conversations.agent")
+
+SERVICE_WAIT_SECONDS = 60.0
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the agent: subscribe to prompts on every conversation channel and stream Claude's "
+        "replies back. Settings (ABLY_*, ANTHROPIC_*, CLAUDE_*, STREAMING_PATTERN, "
+        "MAX_PROMPT_CHARS, PROMPT_RATE_LIMIT_PER_MINUTE) come from the environment; the options "
+        "below tune the process. SIGTERM/SIGINT finish in-flight replies within the grace "
+        "period, then exit; a second signal exits at once."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--agent-id",
+            help="Name of this agent process, stored on the replies it claims. Give each "
+            "process of a deployment its own stable id: on start-up an agent marks replies "
+            "left streaming under its id as interrupted. Default: the host name.",
+        )
+        parser.add_argument(
+            "--connections",
+            type=int,
+            help="Realtime connections in the pool (default 4). Each carries at most "
+            "--max-messages-per-second and --channels-per-connection; a conversation always "
+            "uses the same one.",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            help="Replies streamed at once across all conversations (default 50); within one "
+            "conversation prompts are answered one at a time, in order.",
+        )
+        parser.add_argument(
+            "--flush-window",
+            type=float,
+            help="Seconds over which model deltas are coalesced into one Ably message "
+            "(default 0.05).",
+        )
+        parser.add_argument(
+            "--max-messages-per-second",
+            type=float,
+            help="Outbound messages per connection per second (default 40; Ably allows 50).",
+        )
+        parser.add_argument(
+            "--channels-per-connection",
+            type=int,
+            dest="max_channels_per_connection",
+            help="Attached channels per connection before idle ones are detached "
+            "(default 200, Ably's limit).",
+        )
+        parser.add_argument(
+            "--streaming-pattern",
+            choices=STREAMING_PATTERNS,
+            help="Overrides STREAMING_PATTERN.",
+        )
+        parser.add_argument(
+            "--grace-period",
+            type=float,
+            help="Seconds in-flight replies get to finish on SIGTERM (default 30); replies still "
+            "running then end as interrupted.",
+        )
+        parser.add_argument(
+            "--idle-detach-after",
+            type=float,
+            help="Detach a conversation after this many idle seconds with no device present "
+            "(default 600).",
+        )
+        parser.add_argument(
+            "--catch-up-window",
+            type=float,
+            help="At start-up, answer prompts published up to this many seconds ago while no "
+            "agent ran (default 3600).",
+        )
+        parser.add_argument(
+            "--discovery-interval",
+            type=float,
+            help="Seconds between listings of active conversation channels, a safety net for "
+            "missed [meta]channel.lifecycle events (default 30; 2 without that capability).",
+        )
+        parser.add_argument(
+            "--model-attempts",
+            type=int,
+            help="Attempts per model request for 429/529/5xx/connection errors (default 4).",
+        )
+        parser.add_argument(
+            "--retry-base-delay",
+            type=float,
+            help="First retry backoff in seconds, doubled per retry up to 8s (default 0.5); "
+            "a retry-after header wins.",
+        )
+        parser.add_argument(
+            "--stall-timeout",
+            type=float,
+            help="Seconds a model stream may send nothing (not even a ping) before the reply "
+            "is ended as a retryable error and the request is closed (default 60).",
+        )
+        parser.add_argument(
+            "--publish-deadline",
+            type=float,
+            help="Seconds a reply's start, repair and stop messages keep trying while the "
+            "Ably connection or channel is down, re-attaching as soon as it is back "
+            "(default 60); a reply whose text could not be repaired ends as an error.",
+        )
+        parser.add_argument(
+            "--thinking-budget",
+            type=int,
+            help="Extended-thinking token budget; streamed as its own `thinking` part "
+            "(default 0: off).",
+        )
+        parser.add_argument(
+            "--no-titles",
+            action="store_false",
+            dest="generate_titles",
+            default=None,
+            help="Do not ask the model to title new conversations.",
+        )
+        parser.add_argument(
+            "--wait-for-services",
+            action="store_true",
+            help=f"Wait up to {SERVICE_WAIT_SECONDS:.0f}s for the Ably and Anthropic endpoints "
+            "to accept connections before starting (for `make run`).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        overrides = {
+            key: options.get(key)
+            for key in (
+                "agent_id",
+                "connections",
+                "concurrency",
+                "flush_window",
+                "max_messages_per_second",
+                "max_channels_per_connection",
+                "streaming_pattern",
+                "grace_period",
+                "idle_detach_after",
+                "catch_up_window",
+                "discovery_interval",
+                "model_attempts",
+                "retry_base_delay",
+                "stall_timeout",
+                "publish_deadline",
+                "thinking_budget",
+                "generate_titles",
+            )
+        }
+        try:
+            config = AgentConfig.from_settings(**overrides)
+        except ConfigError as error:
+            raise CommandError(str(error)) from None
+        if options["wait_for_services"]:
+            self._wait_for_services(config)
+        asyncio.run(self._run(config))
+
+    def _wait_for_services(self, config: AgentConfig) -> None:
+        endpoints = [u for u in (config.ably_endpoint, config.anthropic_base_url) if u]
+        deadline = time.monotonic() + SERVICE_WAIT_SECONDS
+        for url in endpoints:
+            while not _reachable(url):
+                if time.monotonic() > deadline:
+                    raise CommandError(f"{url} did not accept connections")
+                time.sleep(0.5)
+
+    async def _run(self, config: AgentConfig) -> None:
+        stop = asyncio.Event()
+        agent = Agent(config)
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                logger.info("signal %d: finishing in-flight replies", signum)
+                stop.set()
+            else:
+                logger.info("second signal: interrupting in-flight replies now")
+                for run in list(agent.runs):
+                    run.abort(events.Status.INTERRUPTED)
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await agent.run(stop)
+        except ConnectionError as error:
+            raise CommandError(str(error)) from None

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from . import events
+
+
+class ConversationQuerySet(models.QuerySet["Conversation"]):
+    def for_user(self, user: settings.AUTH_USER_MODEL) -> ConversationQuerySet:
+        """Conversations the user may use. The one place to widen when sharing arrives."""
+        return self.filter(owner=user)
+
+
+class Conversation(models.Model):
+    TITLE_MAX_LENGTH = 200
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True)
+    # A user's rename always wins over the title the model suggests.
+    title_set_by_user = models.BooleanField(default=False)
+    system_prompt = models.TextField(
+        blank=True, help_text="Overrides the site's system prompt for this conversation."
+    )
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Last activity: bumped by every prompt and reply, so the list sorts by it.
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # The conversation list: a user's conversations, newest activity first.
+            models.Index(fields=["owner", "archived", "-updated_at"], name="conv_owner_activity"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.id}"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("conversations:detail", args=[self.id])
+
+    @property
+    def channel_name(self) -> str:
+        return events.conversation_channel(self.id)
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New conversation"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = events.Status.STREAMING.value
+        COMPLETE = events.Status.COMPLETE.value
+        CANCELLED = events.Status.CANCELLED.value
+        ERROR = events.Status.ERROR.value
+        INTERRUPTED = events.Status.INTERRUPTED.value
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # The verified Ably clientId that sent a prompt, or the agent's for a reply.
+    client_id = models.CharField(max_length=255, blank=True)
+    text = models.TextField(blank=True)
+    thinking = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    # A prompt's id (made by the device); on a reply, the prompt it answers.
+    prompt_id = models.UUIDField()
+    # A reply's id (made by the agent); null on prompts.
+    response_id = models.UUIDField(null=True, blank=True, unique=True)
+    model = models.CharField(max_length=100, blank=True)
+    stop_reason = models.CharField(max_length=50, blank=True)
+    error = models.TextField(blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    # Which agent process claimed the prompt (multi-agent exactly-once) and when.
+    agent_id = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # A prompt is stored once, however often it is replayed from history.
+            models.UniqueConstraint(
+                fields=["prompt_id"], condition=Q(role="user"), name="unique_prompt"
+            ),
+            # One reply per prompt: inserting it is how an agent process claims the prompt.
+            models.UniqueConstraint(
+                fields=["prompt_id"], condition=Q(role="assistant"), name="unique_reply_per_prompt"
+            ),
+        ]
+        indexes = [
+            # The conversation page: a conversation's turns in order.
+            models.Index(fields=["conversation", "created_at"], name="msg_conversation_time"),
+            # Agent start-up: replies left streaming by a crashed agent.
+            models.Index(fields=["status"], name="msg_status", condition=Q(status="streaming")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:60]}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != self.Status.STREAMING

@@ -1,0 +1,188 @@
+"""Everything Django says to Ably: who a user is on Ably, their tokens, and server publishes.
+
+`publish()` is called only from `conversations.actions`, inside `transaction.on_commit`, so a
+device never hears about a change that rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+import jwt
+from django.conf import settings
+
+from . import events
+from .models import Conversation
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID_PREFIX = "user-"
+# Ably's own REST host, used when settings.ABLY_ENDPOINT is empty.
+ABLY_DEFAULT_REST_URL = "https://rest.ably.io"
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+# The owner of a conversation: everything a chat participant does.
+READ_WRITE_OPERATIONS = ("history", "presence", "publish", "subscribe")
+# Staff monitoring someone else's conversation: `subscribe` also grants presence *subscription*
+# (Ably derives PRESENCE_SUBSCRIBE from it); `presence` would let them enter, so it is left out.
+READ_ONLY_OPERATIONS = ("history", "subscribe")
+# The user channel only carries server -> device list updates; `history` lets the list page
+# catch up on a change made between its render and its attach.
+USER_CHANNEL_OPERATIONS = ("history", "subscribe")
+
+# When a list, publish() appends here instead of reaching the network (like mail.outbox).
+outbox: list[PublishedEvent] | None = None
+
+
+class Event(Protocol):
+    """Any shape from `conversations.events` (they all have a name, data() and extras())."""
+
+    name: Any
+
+    def data(self) -> Any: ...
+
+    def extras(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PublishedEvent:
+    channel: str
+    name: str
+    data: Any
+    extras: dict[str, Any]
+
+
+class AblyKey:
+    """`appId.keyId:secret`, split into the JWT `kid` and the signing secret."""
+
+    def __init__(self, key: str) -> None:
+        name, sep, secret = key.partition(":")
+        if not sep or not secret or "." not in name:
+            raise ValueError("ABLY_API_KEY must look like 'appId.keyId:secret'")
+        self.name = name
+        self.secret = secret
+
+
+def client_id_for_user(user: Any) -> str:
+    """The stable Ably clientId of a user: the same on every device and every token."""
+    return f"{CLIENT_ID_PREFIX}{user.pk}"
+
+
+def user_pk_from_client_id(client_id: str | None) -> int | None:
+    """The user pk a clientId made by `client_id_for_user` stands for, or None."""
+    if not client_id or not client_id.startswith(CLIENT_ID_PREFIX):
+        return None
+    digits = client_id[len(CLIENT_ID_PREFIX) :]
+    if not digits.isascii() or not digits.isdigit() or digits.startswith("0"):
+        return None
+    return int(digits)
+
+
+def capability_for(
+    user: Any,
+    *,
+    conversation: Conversation | None = None,
+    user_channel_only: bool = False,
+) -> dict[str, list[str]]:
+    """The exact channels and operations a token for `user` grants; never a wildcard.
+
+    Always the user's own list channel. Then: unscoped, every conversation the user may use;
+    scoped, only `conversation` (read-write for its users, read-only for staff monitoring
+    someone else's); `user_channel_only`, nothing more (the list page, whose token stays small
+    however many conversations the user has).
+    """
+    capability: dict[str, list[str]] = {
+        events.user_channel(client_id_for_user(user)): list(USER_CHANNEL_OPERATIONS)
+    }
+    if user_channel_only:
+        return capability
+    if conversation is None:
+        for pk in Conversation.objects.for_user(user).values_list("pk", flat=True):
+            capability[events.conversation_channel(pk)] = list(READ_WRITE_OPERATIONS)
+    elif Conversation.objects.for_user(user).filter(pk=conversation.pk).exists():
+        capability[conversation.channel_name] = list(READ_WRITE_OPERATIONS)
+    elif user.is_staff:
+        capability[conversation.channel_name] = list(READ_ONLY_OPERATIONS)
+    else:
+        raise PermissionError("the user may not use this conversation")
+    return capability
+
+
+def create_token(
+    user: Any, conversation: Conversation | None = None, *, user_channel_only: bool = False
+) -> str:
+    """An Ably JWT (HS256, signed with the API key's secret) for the user's browser."""
+    key = AblyKey(settings.ABLY_API_KEY)
+    issued_at = int(time.time())
+    claims = {
+        "iat": issued_at,
+        "exp": issued_at + settings.ABLY_TOKEN_TTL_SECONDS,
+        "x-ably-clientId": client_id_for_user(user),
+        # Compact JSON: the capability travels inside every connection's token.
+        "x-ably-capability": json.dumps(
+            capability_for(user, conversation=conversation, user_channel_only=user_channel_only),
+            separators=(",", ":"),
+            sort_keys=True,
+        ),
+    }
+    with warnings.catch_warnings():
+        # The secret's length is Ably's choice (real keys are long; the stand-in's dev key is not).
+        warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+        return jwt.encode(claims, key.secret, algorithm="HS256", headers={"kid": key.name})
+
+
+def rest_base_url() -> str:
+    """Where Django's REST publishes go: the configured endpoint, or Ably's own REST host."""
+    return (settings.ABLY_ENDPOINT or ABLY_DEFAULT_REST_URL).rstrip("/")
+
+
+def publish(channel: str, event: Event) -> None:
+    """Publish one event as the server; log and swallow failures (the DB change stands).
+
+    A plain HTTP call rather than ably-python: its REST client refuses Basic auth over plain
+    http, which the local stand-in speaks. The request is what Ably's REST API expects, so the
+    same code works against real Ably.
+    """
+    data = event.data()
+    published = PublishedEvent(
+        channel=channel, name=str(event.name), data=data, extras=event.extras()
+    )
+    if outbox is not None:
+        outbox.append(published)
+        return
+    message: dict[str, Any] = {
+        "name": published.name,
+        "clientId": settings.ABLY_SERVER_CLIENT_ID,
+        "extras": published.extras,
+    }
+    if isinstance(data, str):
+        message["data"] = data
+    else:
+        # Ably REST carries structured data as a JSON string the SDKs decode by `encoding`.
+        message["data"] = json.dumps(data, separators=(",", ":"))
+        message["encoding"] = "json"
+    key = AblyKey(settings.ABLY_API_KEY)
+    url = f"{rest_base_url()}/channels/{quote(channel, safe='')}/messages"
+    try:
+        response = httpx.post(
+            url,
+            json=message,
+            auth=(key.name, key.secret),
+            headers={"Accept": "application/json", "X-Ably-Version": "5"},
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        detail = ""
+        if isinstance(exc, httpx.HTTPStatusError):
+            detail = exc.response.text[:500]
+        logger.warning(
+            "Ably publish of %r to %s failed: %s %s", published.name, channel, exc, detail
+        )

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "conversations"
+
+urlpatterns = [
+    path("", views.conversation_list, name="list"),
+    path("ably/token", views.ably_token, name="ably_token"),
+    # conversations/
+    path("conversations/new", views.conversation_create, name="create"),
+    path("conversations/<uuid:conversation_id>/", views.conversation_detail, name="detail"),
+    path("conversations/<uuid:conversation_id>/rename", views.conversation_rename, name="rename"),
+    path(
+        "conversations/<uuid:conversation_id>/archive", views.conversation_archive, name="archive"
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/unarchive",
+        views.conversation_unarchive,
+        name="unarchive",
+    ),
+    path("conversations/<uuid:conversation_id>/delete", views.conversation_delete, name="delete"),
+]

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
+from django.core.paginator import Paginator
+from django.db.models import Exists, OuterRef, Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import ably_compat, actions, events, realtime
+from .forms import RenameForm, SearchForm, SignupForm
+from .models import Conversation, Message
+
+CONVERSATIONS_PER_PAGE = 50
+# `GET /ably/token?scope=user`: only the user's list channel, for the conversation list page.
+USER_SCOPE = "user"
+
+
+def _get_conversation_for_user(
+    user: Any, conversation_id: uuid.UUID | str, *, write: bool = True
+) -> Conversation:
+    """The one place that decides who may see a conversation.
+
+    Its users may read and write it; staff may read anyone's (to monitor it). Everyone else,
+    and any malformed id, gets a 404 so a conversation's existence never leaks. The result's
+    `user_can_write` says which of the two the user got.
+    """
+    try:
+        conversation_id = uuid.UUID(str(conversation_id))
+    except ValueError:
+        raise Http404("No such conversation") from None
+    writable = Conversation.objects.for_user(user).filter(pk=OuterRef("pk"))
+    visible = Conversation.objects.select_related("owner").annotate(user_can_write=Exists(writable))
+    if write or not user.is_staff:
+        visible = visible.filter(user_can_write=True)
+    try:
+        return visible.get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation") from None
+
+
+def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
+    """What the browser client needs, rendered into the page with json_script."""
+    client_id = realtime.client_id_for_user(request.user)
+    return {
+        "clientId": client_id,
+        "userChannel": events.user_channel(client_id),
+        "agentClientId": settings.ABLY_AGENT_CLIENT_ID,
+        "serverClientId": settings.ABLY_SERVER_CLIENT_ID,
+        "ablyOptions": ably_compat.js_client_options(settings.ABLY_ENDPOINT),
+        "contract": events.client_contract(),
+        "streamingPattern": settings.STREAMING_PATTERN,
+        "maxPromptChars": settings.MAX_PROMPT_CHARS,
+        "urls": {
+            "list": reverse("conversations:list"),
+            "create": reverse("conversations:create"),
+            "login": reverse("login"),
+        },
+        **page,
+    }
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    return LoginView.as_view(extra_context={"signup_enabled": settings.SIGNUP_ENABLED})(request)
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.SIGNUP_ENABLED:
+        raise Http404("Sign-up is closed")
+    if request.user.is_authenticated:
+        return redirect("conversations:list")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("conversations:list")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    show_archived = request.GET.get("archived") == "1"
+    search_form = SearchForm(request.GET or None)
+    conversations = Conversation.objects.for_user(request.user).filter(archived=show_archived)
+    query = ""
+    status = 200
+    if search_form.is_bound:
+        if search_form.is_valid():
+            query = search_form.cleaned_data["q"]
+        else:
+            status = 400
+    if query:
+        matching = Message.objects.filter(text__icontains=query).values("conversation_id")
+        conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=matching))
+    page = Paginator(conversations.order_by("-updated_at", "-created_at"), CONVERSATIONS_PER_PAGE)
+    page_obj = page.get_page(request.GET.get("page"))
+    # The filters the pagination links must keep, ready to prefix `page=`.
+    kept = {"archived": "1" if show_archived else "", "q": query}
+    page_query = "".join(f"{urlencode({k: v})}&" for k, v in kept.items() if v)
+    context = {
+        "conversations": page_obj.object_list,
+        "page_obj": page_obj,
+        "page_query": page_query,
+        "search_form": search_form,
+        "query": query,
+        "show_archived": show_archived,
+        "client_config": _client_config(
+            request,
+            page="list",
+            tokenUrl=f"{reverse('conversations:ably_token')}?scope={USER_SCOPE}",
+            showArchived=show_archived,
+            query=query,
+            # List changes published after this instant are caught up from channel history.
+            renderedAt=int(time.time() * 1000),
+        ),
+    }
+    return render(request, "conversations/list.html", context, status=status)
+
+
+@login_required
+@require_POST
+def conversation_create(request: HttpRequest) -> HttpResponse:
+    conversation = actions.create_conversation(request.user)
+    return redirect(conversation)
+
+
+@login_required
+@require_GET
+def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation_for_user(request.user, conversation_id, write=False)
+    read_only = not conversation.user_can_write
+    turns = list(conversation.messages.all())
+    token_url = reverse("conversations:ably_token") + f"?conversation={conversation.pk}"
+    context = {
+        "conversation": conversation,
+        "turns": turns,
+        "read_only": read_only,
+        "viewer_client_id": realtime.client_id_for_user(request.user),
+        "rename_form": RenameForm(initial={"title": conversation.title}),
+        "max_prompt_chars": settings.MAX_PROMPT_CHARS,
+        "client_config": _client_config(
+            request,
+            page="conversation",
+            tokenUrl=token_url,
+            conversationId=str(conversation.pk),
+            channel=conversation.channel_name,
+            title=conversation.title,
+            displayTitle=conversation.display_title,
+            archived=conversation.archived,
+            readOnly=read_only,
+            storedResponseIds=[str(t.response_id) for t in turns if t.response_id],
+            storedPromptIds=sorted({str(t.prompt_id) for t in turns if t.role == "user"}),
+            conversationUrls={
+                "detail": conversation.get_absolute_url(),
+                "rename": reverse("conversations:rename", args=[conversation.pk]),
+                "archive": reverse("conversations:archive", args=[conversation.pk]),
+                "unarchive": reverse("conversations:unarchive", args=[conversation.pk]),
+                "delete": reverse("conversations:delete", args=[conversation.pk]),
+            },
+        ),
+    }
+    return render(request, "conversations/detail.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_rename(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    form = RenameForm(request.POST or None, initial={"title": conversation.title})
+    if request.method == "POST":
+        if form.is_valid():
+            actions.rename_conversation(conversation, form.cleaned_data["title"])
+            return redirect(conversation)
+        status = 400
+    else:
+        status = 200
+    return render(
+        request,
+        "conversations/rename.html",
+        {"conversation": conversation, "form": form},
+        status=status,
+    )
+
+
+@login_required
+@require_POST
+def conversation_archive(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    actions.set_archived(conversation, True)
+    messages.success(request, f"Archived “{conversation.display_title}”.")
+    return redirect("conversations:list")
+
+
+@login_required
+@require_POST
+def conversation_unarchive(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    actions.set_archived(conversation, False)
+    return redirect(conversation)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    if request.method == "POST":
+        title = conversation.display_title
+        actions.delete_conversation(conversation)
+        messages.success(request, f"Deleted “{title}”.")
+        return redirect("conversations:list")
+    context = {"conversation": conversation, "message_count": conversation.messages.count()}
+    return render(request, "conversations/confirm_delete.html", context)
+
+
+@never_cache
+@require_GET
+def ably_token(request: HttpRequest) -> HttpResponse:
+    """An Ably JWT for the browser (ably-js `authUrl`): a body of type application/jwt.
+
+    `?conversation=<id>` scopes it to one conversation; `?scope=user` to the list channel only;
+    neither grants every conversation of the user.
+    """
+    if not request.user.is_authenticated:
+        # JSON, not a login redirect: ably-js is the caller, not a person.
+        return JsonResponse({"error": "Log in to get an Ably token."}, status=401)
+    scope = request.GET.get("scope", "")
+    if scope not in ("", USER_SCOPE) or (scope and "conversation" in request.GET):
+        return JsonResponse(
+            {"error": f"Ask for ?conversation=<id>, ?scope={USER_SCOPE}, or neither."}, status=400
+        )
+    conversation = None
+    if "conversation" in request.GET:
+        try:
+            conversation = _get_conversation_for_user(
+                request.user, request.GET["conversation"], write=False
+            )
+        except Http404:
+            return JsonResponse({"error": "No such conversation."}, status=404)
+    token = realtime.create_token(request.user, conversation, user_channel_only=scope == USER_SCOPE)
+    return HttpResponse(token, content_type="application/jwt")

@@ -1,0 +1,1 @@
+"""Local stand-ins that speak the real Ably and Anthropic wire protocols."""

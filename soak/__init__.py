@@ -1,0 +1,1 @@
+"""Long-running reliability scenarios with figures: `python -m soak [scenario ...] [--tiny]`."""

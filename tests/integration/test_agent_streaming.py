@@ -1,0 +1,220 @@
+"""Streaming within Ably's limits, the B5 repair, thinking, titles and attaching/detaching."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from conversations import events
+from conversations.models import Conversation, Message
+from tests.agent_fixtures import lifecycle_ably_config
+
+pytest_plugins = ["tests.agent_fixtures"]
+
+PATTERNS = ["message-per-response", "message-per-token"]
+
+
+@pytest.fixture
+def ably_config() -> dict:
+    """More HubConfig for this module's Ably stand-in (parametrize to change)."""
+    return {}
+
+
+@pytest.fixture
+def agent_ably_config(ably_config) -> dict:
+    return lifecycle_ably_config(**ably_config)
+
+
+@pytest.fixture
+def conversation(alice, transactional_db):
+    return Conversation.objects.create(owner=alice)
+
+
+def stored_reply(prompt_id: str) -> Message:
+    return Message.objects.get(prompt_id=prompt_id, role=Message.Role.ASSISTANT)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("ably_config", [{"max_inbound_rate": 8}])
+async def test_when_ably_refuses_some_appends_the_reply_is_repaired_with_its_full_text(
+    pattern, ably_config, start_agent, devices, alice, conversation, anthropic_server, caplog
+):
+    # The agent paces itself to 45 msg/s but this stand-in takes only 8 a second: publishes
+    # are refused mid-stream (42911), and the end-of-reply fallback has to make it whole.
+    anthropic_server.set_pacing(tokens_per_second=400)
+    agent = await asyncio.to_thread(
+        start_agent, streaming_pattern=pattern, flush_window=0.0, max_messages_per_second=45
+    )
+    phone = await devices(alice, conversation)
+    text = " ".join(f"word{i}" for i in range(120))
+    prompt_id = await phone.prompt(f"Say exactly: {text}")
+    reply = await phone.final_reply(prompt_id, timeout=30)
+    assert reply.status == events.Status.COMPLETE
+    assert reply.text == text
+    repair = events.Name.SNAPSHOT if pattern == "message-per-token" else events.Name.RESPONSE
+    assert repair in reply.names
+    assert any("repaired" in r.message or "snapshot of" in r.message for r in caplog.records)
+    await agent.wait_idle()
+    assert (await sync_to_async(stored_reply)(prompt_id)).text == text
+
+
+async def test_many_replies_on_one_connection_stay_under_ablys_rate_limit(
+    start_agent, devices, alice, anthropic_server, caplog
+):
+    # Ably's (and the stand-in's) limit is 50 inbound msg/s per connection. Eight unpaced
+    # replies on a single connection would blow through it one message per delta; coalescing
+    # behind the connection's limiter keeps every publish accepted.
+    caplog.set_level(logging.WARNING, logger="conversations.agent")
+    conversations = [
+        await sync_to_async(Conversation.objects.create)(owner=alice) for _ in range(8)
+    ]
+    agent = await asyncio.to_thread(start_agent, connections=1, flush_window=0.0)
+    phones = [await devices(alice, c) for c in conversations]
+    text = " ".join(f"token{i}" for i in range(150))
+    prompts = [await phone.prompt(f"Say exactly: {text}") for phone in phones]
+    replies = [
+        await phone.final_reply(p, timeout=60) for phone, p in zip(phones, prompts, strict=True)
+    ]
+    assert all(r.status == "complete" and r.text == text for r in replies)
+    await agent.wait_idle()
+    refused = [r for r in caplog.records if "failed" in r.message and "publish" in r.message]
+    assert refused == []
+
+
+async def test_a_full_connection_detaches_its_least_recently_used_idle_conversation(
+    start_agent, alice
+):
+    conversations = [
+        await sync_to_async(Conversation.objects.create)(owner=alice) for _ in range(3)
+    ]
+    # Three channels per connection: the lifecycle metachannel and two conversations.
+    agent = await asyncio.to_thread(start_agent, connections=1, max_channels_per_connection=3)
+    ids = [str(c.pk) for c in conversations]
+    # Start-up wanted all three (recent activity); the connection holds at most two.
+    attached = await agent.acall(lambda: _attached_ids(agent))
+    assert len(attached) <= 2
+    [connection] = agent.agent.pool.connections
+    assert connection.reserved == 1
+    for conversation_id in ids:
+        session = await agent.acall(lambda c=conversation_id: agent.agent.open_conversation(c))
+        assert session is not None
+        assert len(await agent.acall(lambda: _attached_ids(agent))) <= 2
+    # Opening (or using) a conversation makes it the most recent; the oldest idle one went.
+    assert set(await agent.acall(lambda: _attached_ids(agent))) == set(ids[1:])
+
+
+async def _attached_ids(agent_thread) -> list[str]:
+    [connection] = agent_thread.agent.pool.connections
+    return [str(events.conversation_id_from_channel(name)) for name in connection.attached]
+
+
+@pytest.mark.parametrize("ably_config", [{"key_capabilities": {}}])
+async def test_without_the_lifecycle_capability_new_conversations_are_still_found(
+    ably_config, start_agent, devices, alice, caplog
+):
+    # A key without `[meta]channel.lifecycle` (like the stand-in's default): the agent says
+    # what to grant, and finds conversations by listing active channels instead.
+    await asyncio.to_thread(start_agent)
+    assert any("give the Ably key" in r.getMessage() for r in caplog.records)
+    conversation = await sync_to_async(Conversation.objects.create)(owner=alice)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("Say exactly: Found by listing.")
+    assert (await phone.final_reply(prompt_id)).text == "Found by listing."
+
+
+async def test_an_idle_conversation_is_detached_and_found_again_when_used(
+    start_agent, devices, alice, conversation
+):
+    agent = await asyncio.to_thread(start_agent, idle_detach_after=0.5)
+    conversation_id = str(conversation.pk)
+    assert conversation_id in agent.agent.sessions
+    phone = await devices(alice, conversation)
+    await phone.wait_for(lambda: conversation_id not in agent.agent.sessions, timeout=15)
+    # The device stayed attached, so no lifecycle event will come: the active-channel listing
+    # finds the conversation again, and history supplies the prompt sent meanwhile.
+    prompt_id = await phone.prompt("Say exactly: Welcome back.")
+    reply = await phone.final_reply(prompt_id)
+    assert reply.text == "Welcome back."
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+async def test_thinking_streams_as_its_own_part(pattern, start_agent, devices, alice, conversation):
+    agent = await asyncio.to_thread(start_agent, streaming_pattern=pattern, thinking_budget=1024)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("Say exactly: Thought it through.")
+    reply = await phone.final_reply(prompt_id)
+    assert reply.text == "Thought it through."
+    assert reply.thinking and reply.thinking != reply.text
+    await agent.wait_idle()
+    stored = await sync_to_async(stored_reply)(prompt_id)
+    assert (stored.text, stored.thinking) == (reply.text, reply.thinking)
+
+
+async def test_the_first_exchange_titles_the_conversation_on_every_device(
+    start_agent, devices, alice, conversation
+):
+    await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("How do I bake sourdough bread at home?")
+    await phone.final_reply(prompt_id)
+    title_event = await phone.wait_for(
+        lambda: next((m for m in phone.received if m.name == events.Name.TITLE), None)
+    )
+    assert title_event.data
+    await conversation.arefresh_from_db()
+    assert conversation.title == title_event.data
+    assert not conversation.title_set_by_user
+
+
+async def test_a_conversation_the_user_named_keeps_its_name(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    conversation.title = "My bread notes"
+    conversation.title_set_by_user = True
+    await conversation.asave()
+    await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("How do I bake sourdough bread at home?")
+    await phone.final_reply(prompt_id)
+    second = await phone.prompt("Say exactly: ok")
+    await phone.final_reply(second)
+    await conversation.arefresh_from_db()
+    assert conversation.title == "My bread notes"
+    assert len(anthropic_server.messages_requests) == 2  # no title request at all
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+async def test_a_dropped_agent_connection_mid_reply_loses_and_doubles_nothing(
+    pattern, stand_ins, start_agent, devices, alice, conversation, anthropic_server
+):
+    ably_server, _ = stand_ins
+    anthropic_server.set_pacing(tokens_per_second=150)
+    agent = await asyncio.to_thread(start_agent, streaming_pattern=pattern, connections=1)
+    phone = await devices(alice, conversation)
+    text = " ".join(f"chunk{i}" for i in range(150))
+    prompt_id = await phone.prompt(f"Say exactly: {text}")
+    await phone.streaming(prompt_id)
+    [connection] = agent.agent.pool.connections
+    assert ably_server.drop_transport(connection.client.connection.connection_manager.connection_id)
+    reply = await phone.final_reply(prompt_id, timeout=40)
+    assert (reply.status, reply.text) == ("complete", text)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+async def test_deltas_are_coalesced_per_flush_window(
+    pattern, start_agent, devices, alice, conversation, anthropic_server
+):
+    anthropic_server.set_pacing(tokens_per_second=100)
+    await asyncio.to_thread(start_agent, streaming_pattern=pattern, flush_window=0.25)
+    phone = await devices(alice, conversation)
+    text = " ".join(f"piece{i}" for i in range(60))
+    prompt_id = await phone.prompt(f"Say exactly: {text}")
+    reply = await phone.final_reply(prompt_id)
+    assert reply.text == text
+    [request] = anthropic_server.messages_requests
+    text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
+    # ~1.2 s of deltas in 0.25 s windows: a handful of messages instead of one per delta.
+    assert len(text_messages) * 4 < request.events_sent

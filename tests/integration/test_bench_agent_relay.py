@@ -1,0 +1,56 @@
+"""The agent relay benchmark, once in its tiny configuration, so it cannot rot.
+
+Not a timing test: it checks the benchmark ran end to end and its figures are sane (every reply
+arrived whole at every device, latencies were measured, the ratio was computed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(name: str, tmp_path: Path, timeout: float = 170) -> tuple[str, dict]:
+    output = tmp_path / f"{name}.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", name, "--tiny", "--json", str(output)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = [line for line in completed.stdout.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"SUMMARY {name}: "), completed.stdout[-2000:]
+    return completed.stdout, json.loads(output.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
+    stdout, figures = run_bench("agent_relay", tmp_path)
+    agent_runs = [run for run in figures["runs"] if run["publisher"] == "agent"]
+    naive_runs = [run for run in figures["runs"] if run["publisher"] == "naive"]
+    assert agent_runs and naive_runs
+    for run in agent_runs:
+        assert (run["lost"], run["duplicated"], run["reordered"]) == (0, 0, 0), run
+        assert run["incomplete"] == 0, run
+        assert run["deltas_measured"] > 0
+        assert run["p50_ms"] > 0 and math.isfinite(run["p99_ms"])
+        # start + the response create + at least one append + stop.
+        assert run["published_per_reply"] >= 4
+        assert run["tokens"] > 0 and run["cpu_us_per_token"] > 0
+    # One naive conversation stays under 50 msg/s and arrives whole.
+    first_naive = naive_runs[0]
+    assert first_naive["conversations"] == 1
+    assert (first_naive["lost"], first_naive["duplicated"]) == (0, 0)
+    assert first_naive["within_limits"]
+    assert figures["naive_max_n"] >= 1
+    assert "lost/dup/reord" in stdout

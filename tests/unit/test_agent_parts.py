@@ -1,0 +1,203 @@
+"""The agent's pure parts: pacing, coalescing, retry policy, titles and its configuration."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anthropic
+import httpx2
+import pytest
+
+from conversations import events
+from conversations.agent import model as claude
+from conversations.agent.agent import clean_title
+from conversations.agent.config import AgentConfig, ConfigError
+from conversations.agent.streaming import PendingText, RateLimiter
+
+
+class FakeClock:
+    """Virtual time: `sleep` advances the clock instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.started: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def config(**overrides) -> AgentConfig:
+    values = {
+        "agent_id": "test",
+        "ably_key": "app.key:secret",
+        "ably_endpoint": "",
+        "agent_client_id": "agent",
+        "anthropic_api_key": "k",
+        "anthropic_base_url": "",
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 100,
+        "system_prompt": "be brief",
+        "context_token_budget": 1000,
+    }
+    values.update(overrides)
+    return AgentConfig(**values)
+
+
+async def test_the_rate_limiter_never_lets_more_than_its_rate_start_in_any_second():
+    clock = FakeClock()
+    limiter = RateLimiter(40, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(200):
+        await limiter.acquire()
+        starts.append(clock.now)
+    for index, start in enumerate(starts):
+        in_window = [s for s in starts[index:] if s < start + 1.0]
+        assert len(in_window) <= 40
+
+
+async def test_the_rate_limiter_does_not_burst_after_the_event_loop_stalls():
+    clock = FakeClock()
+
+    async def oversleep(seconds: float) -> None:
+        # A starved event loop wakes sleepers late, all at once.
+        clock.now += seconds + 2.0
+
+    limiter = RateLimiter(40, clock=clock, sleep=oversleep)
+    starts = []
+
+    async def operation() -> None:
+        await limiter.acquire()
+        starts.append(clock.now)
+
+    await asyncio.gather(*(operation() for _ in range(100)))
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= limiter.interval
+
+
+async def test_the_rate_limiter_does_not_delay_an_idle_connection():
+    clock = FakeClock()
+    limiter = RateLimiter(40, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    clock.now += 5
+    before = clock.now
+    await limiter.acquire()
+    assert clock.now == before
+
+
+def test_pending_text_merges_deltas_of_one_part_and_keeps_part_order():
+    pending = PendingText()
+    pending.add(events.Part.THINKING, "Let me ")
+    pending.add(events.Part.THINKING, "think.")
+    pending.add(events.Part.TEXT, "Hello")
+    pending.add(events.Part.TEXT, "")
+    pending.add(events.Part.TEXT, " world")
+    assert pending.take() == [
+        (events.Part.THINKING, "Let me think."),
+        (events.Part.TEXT, "Hello world"),
+    ]
+    assert not pending
+
+
+def _status_error(status: int, headers: dict[str, str] | None = None) -> anthropic.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    body = {"type": "error", "error": {"type": "x", "message": "m"}}
+    return anthropic.AsyncAnthropic(api_key="k")._make_status_error(
+        "m", body=body, response=response
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retryable"),
+    [
+        (429, {}, True),
+        (529, {}, True),
+        (500, {}, True),
+        (503, {}, True),
+        (400, {}, False),
+        (404, {}, False),
+        (529, {"x-should-retry": "false"}, False),
+        (400, {"x-should-retry": "true"}, True),
+    ],
+)
+def test_which_model_errors_are_retried(status, headers, retryable):
+    assert claude.is_retryable(_status_error(status, headers)) is retryable
+
+
+def test_retry_delay_obeys_the_server_then_backs_off_exponentially():
+    cfg = config(retry_base_delay=0.5, retry_max_delay=8.0)
+    assert claude.retry_delay(_status_error(429, {"retry-after-ms": "250"}), 1, cfg) == 0.25
+    assert claude.retry_delay(_status_error(429, {"retry-after": "2"}), 1, cfg) == 2.0
+    # An absurd retry-after becomes a bounded wait, not a reply stuck for hours.
+    assert claude.retry_delay(_status_error(429, {"retry-after": "99999"}), 1, cfg) == 60.0
+    assert 0.375 <= claude.retry_delay(_status_error(529), 1, cfg) <= 0.5
+    assert 0.75 <= claude.retry_delay(_status_error(529), 2, cfg) <= 1.0
+    assert 6.0 <= claude.retry_delay(_status_error(529), 10, cfg) <= 8.0
+
+
+def test_failures_become_messages_a_user_can_act_on():
+    overloaded = claude.describe_failure(_status_error(529), mid_stream=False)
+    assert "overloaded" in overloaded.user_message
+    rate_limited = claude.describe_failure(_status_error(429), mid_stream=False)
+    assert "too many requests" in rate_limited.user_message
+    dropped = claude.describe_failure(httpx2.RemoteProtocolError("peer closed"), mid_stream=True)
+    assert "dropped" in dropped.user_message and "kept" in dropped.user_message
+    stalled = claude.describe_failure(httpx2.ReadTimeout("no bytes"), mid_stream=True)
+    assert "stopped responding" in stalled.user_message and "kept" in stalled.user_message
+
+
+def test_the_model_client_reads_with_the_stall_timeout_not_the_sdk_default():
+    # The read timeout bounds the silence between chunks; the SDK default is 600 s.
+    client = claude.make_client(config(stall_timeout=7.5))
+    assert client.timeout.read == 7.5
+    assert client.max_retries == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "title"),
+    [
+        ('"Planning a trip to Lisbon."', "Planning a trip to Lisbon"),
+        ("Title: Sourdough basics\nMore text", "Sourdough basics"),
+        ("\n\n  **Rust lifetimes**  ", "Rust lifetimes"),
+        ("", ""),
+    ],
+)
+def test_model_titles_are_cleaned(raw, title):
+    assert clean_title(raw, 80) == title
+
+
+def test_long_titles_are_cut_to_the_limit():
+    assert clean_title("word " * 50, 20) == "word word word word…"
+    assert len(clean_title("word " * 50, 20)) == 20
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"streaming_pattern": "message-per-sentence"},
+        {"connections": 0},
+        {"concurrency": 0},
+        {"max_messages_per_second": 51},
+        {"max_channels_per_connection": 201},
+        {"flush_window": -1},
+        {"agent_id": ""},
+        {"stall_timeout": 0},
+        {"publish_deadline": -1},
+    ],
+)
+def test_out_of_range_options_are_refused_before_anything_connects(bad):
+    with pytest.raises(ConfigError):
+        config(**bad)
+
+
+def test_settings_are_read_when_the_config_is_built(settings):
+    settings.STREAMING_PATTERN = "message-per-token"
+    settings.CLAUDE_MODEL = "claude-haiku-5-5"
+    built = AgentConfig.from_settings(connections=2, flush_window=None)
+    assert built.message_per_token
+    assert built.model == "claude-haiku-5-5"
+    assert built.connections == 2
+    assert built.flush_window == AgentConfig.flush_window  # None means "not given"

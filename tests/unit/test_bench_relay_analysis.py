@@ -1,0 +1,98 @@
+"""How the relay benchmark judges what a device received against what the model emitted."""
+
+from __future__ import annotations
+
+from bench.agent_relay import DeviceView, analyse_device, reply_text
+
+EXPECTED = "Hello there, world."
+# The stand-in emitted three deltas, ending at these offsets, at t = 10.0, 10.1, 10.2 s.
+EMISSIONS = [(10.0, 5), (10.1, 12), (10.2, len(EXPECTED))]
+
+
+def view(*fragments: tuple[float, str]) -> DeviceView:
+    return DeviceView(fragments=[(t, text, None, False) for t, text in fragments])
+
+
+def test_coalesced_fragments_in_order_are_intact_and_timed_per_delta():
+    received = view((10.05, "Hello there,"), (10.25, " world."))
+    latencies, lost, duplicated, reordered, repaired = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=False
+    )
+    assert (lost, duplicated, reordered, repaired) == (0, 0, 0, 0)
+    # Delta 1 and 2 arrived with the first message, delta 3 with the second.
+    assert [round(v) for v in latencies] == [50, -50, 50]
+
+
+def test_a_repeated_fragment_counts_as_duplicated():
+    received = view((10.05, "Hello"), (10.06, "Hello"), (10.2, " there, world."))
+    _, lost, duplicated, reordered, _ = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=False
+    )
+    assert (lost, duplicated, reordered) == (0, 1, 0)
+
+
+def test_a_missing_fragment_loses_every_delta_after_the_gap():
+    received = view((10.05, "Hello"), (10.3, " world."))
+    _, lost, duplicated, reordered, repaired = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=False
+    )
+    assert (lost, duplicated, reordered, repaired) == (2, 0, 0, 0)
+
+
+def test_a_fragment_arriving_after_a_later_one_counts_as_reordered():
+    received = view((10.05, "Hello"), (10.2, " world."), (10.3, " there,"))
+    latencies, lost, duplicated, reordered, _ = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=False
+    )
+    assert (lost, duplicated, reordered) == (0, 0, 1)
+    # The whole text was there only when the late fragment came.
+    assert round(latencies[-1]) == 100
+
+
+def test_a_repair_with_the_whole_text_restores_the_reply():
+    received = DeviceView(
+        fragments=[
+            (10.05, "Hello", None, False),
+            (10.3, " world.", None, False),
+            (10.4, EXPECTED, None, True),
+        ]
+    )
+    _, lost, duplicated, reordered, repaired = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=False
+    )
+    assert (lost, duplicated, reordered, repaired) == (0, 0, 0, 1)
+
+
+def test_per_delta_sequence_numbers_expose_loss_duplicates_and_reordering():
+    received = DeviceView(
+        fragments=[
+            (10.01, "Hello", 0, False),
+            (10.25, " world.", 2, False),
+            (10.26, " world.", 2, False),
+        ]
+    )
+    latencies, lost, duplicated, reordered, _ = analyse_device(
+        received, EXPECTED, EMISSIONS, seq_per_delta=True
+    )
+    assert (lost, duplicated, reordered) == (1, 1, 0)
+    assert len(latencies) == 2
+
+
+def test_reply_texts_are_unique_per_conversation_and_sized_in_tokens():
+    from emulators.anthropic.core import count_tokens
+
+    texts = {reply_text(index, 200) for index in range(300)}
+    assert len(texts) == 300
+    assert all(195 <= count_tokens(text) <= 210 for text in texts)
+
+
+def test_the_runner_writes_a_runs_output_into_the_docs_block(tmp_path):
+    from bench.__main__ import RESULTS_END, RESULTS_START, write_docs
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Benchmarks\n\n{RESULTS_START}\nold\n{RESULTS_END}\n\n## Method\n")
+    write_docs(docs, ["# make bench: today\n", "SUMMARY x: fine\n"])
+    text = docs.read_text()
+    assert "old" not in text
+    assert "```text\n# make bench: today\nSUMMARY x: fine\n```" in text
+    assert text.endswith("## Method\n")
