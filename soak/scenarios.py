@@ -238,6 +238,18 @@ async def channel_reply_text(device: Any, response_id: str) -> str:
     return f"has {len(message.data or '')} chars"
 
 
+def describe_deliveries(device: Any, response_id: str) -> str:
+    """The `response` messages a device got for one reply: action, serial tail, data length."""
+    seen = [
+        f"{m.action.name if m.action is not None else '?'}:{(m.serial or '')[-4:]}:{len(m.data or '')}"
+        for m in device.received
+        if m.name == "response"
+        and (m.extras or {}).get("headers", {}).get("responseId") == response_id
+    ]
+    attaches = getattr(device, "attach_changes", [])
+    return f"deliveries {seen}; attach changes {attaches}"
+
+
 def describe_difference(prompt_id: str, got: str, expected: str) -> str:
     """Missing text or doubled text, and where it starts to differ."""
     at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), None)
@@ -528,7 +540,7 @@ async def restart(stack: Stack, tiny: bool, server: Any) -> tuple[bool, str]:
                     tally.note(
                         describe_difference(prompt_id, reply.text, text)
                         + f"; database has {len(stored)} chars, the channel's message "
-                        f"{on_channel}; saw {reply.names}"
+                        f"{on_channel}; {describe_deliveries(device, reply.response_id)}"
                     )
         settle.append(time.monotonic() - began)
         common.note(f"restart {round_index + 1}/{restarts}: all final after {settle[-1]:.1f} s")

@@ -273,12 +273,20 @@ class Device:
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
         # Every status the agent announced in presence here, in order.
         self.agent_status_history: list[str] = []
+        # Every ATTACHED after the first (channel `attached`/`update`): was it RESUMED?
+        self.attach_changes: list[str] = []
         self._changed = asyncio.Event()
 
     async def attach(self) -> Device:
+        self.channel.on("attached", self._on_attach_change)
+        self.channel.on("update", self._on_attach_change)
         await self.channel.subscribe(self._on_message)
         await self.channel.presence.subscribe(self._on_presence)
         return self
+
+    def _on_attach_change(self, change: Any) -> None:
+        resumed = "resumed" if getattr(change, "resumed", False) else "not resumed"
+        self.attach_changes.append(f"{change.previous}->{change.current}:{resumed}")
 
     def _on_presence(self, member: Any) -> None:
         if member.client_id != self.agent_client_id:

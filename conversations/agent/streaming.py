@@ -9,6 +9,13 @@ Appends (and token publishes) are not awaited one by one (ai-transport B2): each
 task in order, which keeps wire order on one connection, and all are gathered when the reply
 ends. If any failed, the documented fallback runs (B5): message-per-response updates the
 message with the full text, message-per-token publishes a `snapshot`.
+
+The same repair runs when the connection dropped while the reply was streaming, even if every
+publish was acknowledged. ably-python re-sends what it had queued after a reconnect, but each
+queued send is its own task, so a publish made just after CONNECTED can overtake them (the
+stand-in restart soak saw appends land out of order), and a send it reported failed can still
+go out later from its pending queue. Only the full text, sent after those have drained, makes
+every device's copy exact.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -165,6 +173,57 @@ async def publish_until(
                 raise error from None
 
 
+# Per realtime client: how many times its connection has left CONNECTED (see the module doc).
+_interruptions: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+# How often a wait for ably-python's send queue to drain looks again.
+DRAIN_POLL_SECONDS = 0.05
+
+
+def connection_interruptions(channel: Any) -> int:
+    """How often the connection under `channel` has left CONNECTED since first asked about."""
+    client = getattr(channel, "ably", None)
+    connection = getattr(client, "connection", None)
+    if connection is None:
+        return 0
+    counter = _interruptions.get(client)
+    if counter is None:
+        counter = _interruptions[client] = [0]
+
+        def on_change(change: Any) -> None:
+            previous = getattr(change, "previous", None)
+            if previous == ConnectionState.CONNECTED and change.current != previous:
+                counter[0] += 1
+
+        connection.on(on_change)
+    return counter[0]
+
+
+async def sdk_sends_settled(channel: Any, timeout: float) -> bool:
+    """Until every publish ably-python holds for this channel's connection now has gone out and
+    been answered (or `timeout` passes: False). Relies on ably-python's ConnectionManager
+    internals; without them (another SDK version) it returns at once."""
+    manager = getattr(getattr(channel, "ably", None), "connection", None)
+    manager = getattr(manager, "connection_manager", None)
+    if manager is None or not hasattr(manager, "queued_messages"):
+        return True
+
+    def unsettled() -> set[int]:
+        queued = list(manager.queued_messages)
+        pending = list(getattr(manager.pending_message_queue, "messages", []))
+        return {id(m) for m in queued} | {
+            id(m) for m in pending if m.future is not None and not m.future.done()
+        }
+
+    waiting = unsettled()
+    deadline = time.monotonic() + max(timeout, 0)
+    while waiting:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+        waiting &= unsettled()
+    return True
+
+
 class ReplyStream(ABC):
     """One reply's text on its way to the channel. `add` never blocks; `finish` drains."""
 
@@ -190,6 +249,7 @@ class ReplyStream(ABC):
         self._closing = False
         self._in_flight: list[tuple[events.Part, asyncio.Task[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._interruptions_at_start = connection_interruptions(channel)
 
     def add(self, part: events.Part, text: str) -> None:
         if self._closing:
@@ -209,7 +269,12 @@ class ReplyStream(ABC):
         if self._flusher is not None:
             await self._flusher
         await self._gather()
+        if connection_interruptions(self.channel) != self._interruptions_at_start:
+            logger.info("the connection dropped during reply %s: repairing it", self.reply)
+            self.failed_parts.update(part for part, text in self.full_text.items() if text)
         if self.failed_parts:
+            # Stale sends still queued in the SDK must not land after the repair.
+            await sdk_sends_settled(self.channel, self.publish_deadline() - time.monotonic())
             await self._recover()
 
     async def abort(self) -> None:
@@ -277,6 +342,11 @@ class MessagePerResponseStream(ReplyStream):
     def _extras(self, part: events.Part) -> dict[str, Any]:
         return events.ResponseChunk(self.reply, part, "").extras()
 
+    def _create_id(self, part: events.Part) -> str:
+        # Idempotent publishing: a create re-sent by the SDK, or repeated by `_recover` after a
+        # lost ack, is the same message to Ably, so devices never see a second, stale create.
+        return f"{self.reply.response_id}:{part}"
+
     async def _create(self, part: events.Part) -> None:
         if self._current_part is not None and self._current_part != part:
             # B2: a create must not race the previous part's appends.
@@ -284,9 +354,11 @@ class MessagePerResponseStream(ReplyStream):
         self._current_part = part
         try:
             result = await self.channel.publish(
-                self._message(events.Name.RESPONSE, "", self._extras(part))
+                self._message(
+                    events.Name.RESPONSE, "", self._extras(part), id=self._create_id(part)
+                )
             )
-            self.serials[part] = result.serials[0] if result and result.serials else None
+            self.serials[part] = first_serial(result)
         except Exception as error:  # noqa: BLE001 - any publish failure is repaired at the end
             logger.warning("creating the %s message of %s failed: %r", part, self.reply, error)
             self.serials[part] = None
@@ -316,16 +388,36 @@ class MessagePerResponseStream(ReplyStream):
             async def repair(
                 part: events.Part = part, text: str = text, serial: Any = serial
             ) -> None:
+                if serial is None:
+                    # The create's ack was lost: the same create again (its id makes it one
+                    # message to Ably, whether or not the first landed) tells us the serial.
+                    await self.limiter.acquire()
+                    self.messages_sent += 1
+                    result = await self.channel.publish(
+                        self._message(
+                            events.Name.RESPONSE, text, self._extras(part), id=self._create_id(part)
+                        )
+                    )
+                    serial = self.serials[part] = first_serial(result)
+                    if serial is None:
+                        # Ably did not say (as it may for a de-duplicated publish): a new
+                        # message with the whole text, which devices take over the first.
+                        await self.limiter.acquire()
+                        self.messages_sent += 1
+                        await self.channel.publish(
+                            self._message(
+                                events.Name.RESPONSE,
+                                text,
+                                self._extras(part),
+                                id=f"{self._create_id(part)}:repair",
+                            )
+                        )
+                        return
                 await self.limiter.acquire()
                 self.messages_sent += 1
-                if serial is None:
-                    await self.channel.publish(
-                        self._message(events.Name.RESPONSE, text, self._extras(part))
-                    )
-                else:
-                    await self.channel.update_message(
-                        self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
-                    )
+                await self.channel.update_message(
+                    self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
+                )
 
             try:
                 await publish_until(
@@ -373,6 +465,12 @@ class MessagePerTokenStream(ReplyStream):
                 logger.info("published a snapshot of %s for reply %s", part, self.reply)
             except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
                 logger.error("could not publish a snapshot for reply %s: %r", self.reply, error)
+
+
+def first_serial(result: Any) -> str | None:
+    """The serial Ably assigned to the first message of a publish, if it said."""
+    serials = getattr(result, "serials", None)
+    return serials[0] if serials else None
 
 
 def reply_stream(
