@@ -365,7 +365,7 @@ class ReplyRun:
         self.first_token_latency: float | None = None
         self.usage = (0, 0)
         self.stop_reason: str | None = None
-        self.model_stream: Any = None
+        self.model_stream: claude.ModelStream | None = None
         self.ended = False
 
     def publish_deadline(self) -> float:
@@ -532,11 +532,8 @@ class ReplyRun:
         ) as model_stream:
             self.model_stream = model_stream
             await self.session.set_status(events.AgentStatus.THINKING)
-            async for event in model_stream:
-                if event.type == "text":
-                    self._delta(events.Part.TEXT, event.text)
-                elif event.type == "thinking":
-                    self._delta(events.Part.THINKING, event.thinking)
+            async for kind, text in model_stream:
+                self._delta(events.Part.TEXT if kind == "text" else events.Part.THINKING, text)
             self._read_snapshot()
 
     def _delta(self, part: events.Part, text: str) -> None:
@@ -552,13 +549,8 @@ class ReplyRun:
     def _read_snapshot(self) -> None:
         if self.model_stream is None:
             return
-        try:
-            snapshot = self.model_stream.current_message_snapshot
-        except AssertionError:  # before message_start
-            return
-        self.stop_reason = snapshot.stop_reason
-        usage = snapshot.usage
-        self.usage = (usage.input_tokens or 0, usage.output_tokens or 0)
+        self.stop_reason = self.model_stream.stop_reason if self.model_stream.finished else None
+        self.usage = (self.model_stream.input_tokens, self.model_stream.output_tokens)
 
     def _text(self, part: events.Part = events.Part.TEXT) -> str:
         return self.stream.full_text[part] if self.stream else ""

@@ -5,11 +5,18 @@ The SDK's built-in retries are turned off (`max_retries=0`) because they happen 
 (presence status `retrying`) between attempts. The policy mirrors the SDK's: 408, 409, 429 and
 5xx (529 included) and connection failures are retried, `x-should-retry` and `retry-after(-ms)`
 are obeyed. Nothing is retried once text has started to flow (anthropic-stream.md §0.6).
+
+The reply's events are read from the SDK's raw streaming response (`with_streaming_response`)
+and parsed here, not through `messages.stream()`: the SDK's helper builds and merges pydantic
+objects for every delta, which was most of the agent's CPU per token (`bench agent_relay`). The
+SDK still makes the request (auth, base URL, headers, status errors); only the agent's few event
+fields are read, and an `error` event mid-stream raises the SDK's own `APIStatusError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,18 +160,79 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
     )
 
 
+class ModelStream:
+    """One reply's server-sent events, read as `(kind, text)` deltas: kind is "text" or
+    "thinking". `stop_reason` and the token counts are filled in as their events pass; a
+    stream that ends without `message_stop` leaves `stop_reason` None."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self.stop_reason: str | None = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
+        event_name = ""
+        async for line in self._response.iter_lines():
+            if line.startswith("event:"):
+                event_name = line[6:].strip()
+            elif line.startswith("data:"):
+                delta = self._handle(event_name, line[5:].strip())
+                if delta is not None:
+                    yield delta
+            elif not line:
+                event_name = ""
+
+    def _handle(self, event_name: str, data: str) -> tuple[str, str] | None:
+        if event_name == "error":
+            try:
+                body: Any = json.loads(data)
+            except ValueError:
+                body = None
+            raise anthropic.APIStatusError(
+                str(body if body is not None else data),
+                response=self._response.http_response,
+                body=body,
+            )
+        if event_name == "ping":
+            return None
+        event = json.loads(data)
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return "text", delta.get("text", "")
+            if delta.get("type") == "thinking_delta":
+                return "thinking", delta.get("thinking", "")
+        elif kind == "message_start":
+            usage = (event.get("message") or {}).get("usage") or {}
+            self.input_tokens = usage.get("input_tokens") or 0
+            self.output_tokens = usage.get("output_tokens") or 0
+        elif kind == "message_delta":
+            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
+            usage = event.get("usage") or {}
+            self.output_tokens = usage.get("output_tokens") or self.output_tokens
+            if usage.get("input_tokens"):
+                self.input_tokens = usage["input_tokens"]
+        elif kind == "message_stop":
+            self.finished = True
+        return None
+
+
 @asynccontextmanager
 async def open_stream(
     client: anthropic.AsyncAnthropic,
     request: dict[str, Any],
     config: AgentConfig,
     on_retry: Callable[[RetryNotice], Awaitable[None]],
-) -> AsyncIterator[Any]:
-    """`client.messages.stream(...)` entered with retries; leaving the block closes the HTTP stream."""
+) -> AsyncIterator[ModelStream]:
+    """A streaming Messages request entered with retries; leaving the block closes the HTTP
+    stream (which is what stops generation server-side)."""
     attempt = 0
     while True:
         attempt += 1
-        manager = client.messages.stream(**request)
+        manager = client.messages.with_streaming_response.create(**request, stream=True)
         try:
             stream = await manager.__aenter__()
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as error:
@@ -182,7 +250,7 @@ async def open_stream(
             continue
         break
     try:
-        yield stream
+        yield ModelStream(stream)
     finally:
         # Closes the HTTP response, which is what aborts generation server-side.
         await manager.__aexit__(None, None, None)

@@ -66,6 +66,25 @@ async def test_a_prompt_gets_a_streamed_reply_that_is_stored(
         assert field in line
 
 
+async def test_a_reply_cut_short_by_max_tokens_says_so_and_counts_its_tokens(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    agent = await asyncio.to_thread(start_agent, max_tokens=12)
+    phone = await devices(alice, conversation)
+    long_text = " ".join(f"word{i}" for i in range(200))
+    prompt_id = await phone.prompt(f"Say exactly: {long_text}")
+    reply = await phone.final_reply(prompt_id)
+    assert (reply.status, reply.stop_reason) == (events.Status.COMPLETE, "max_tokens")
+    assert reply.text and long_text.startswith(reply.text)
+    await agent.wait_idle()
+    stored = await sync_to_async(stored_reply)(prompt_id)
+    assert (stored.text, stored.stop_reason, stored.output_tokens) == (
+        reply.text,
+        "max_tokens",
+        12,
+    )
+
+
 async def new_conversation(owner) -> Conversation:
     return await sync_to_async(Conversation.objects.create)(owner=owner)
 
