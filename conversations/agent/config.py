@@ -14,6 +14,7 @@ STREAMING_PATTERNS = (MESSAGE_PER_RESPONSE, MESSAGE_PER_TOKEN)
 # Ably's documented per-connection ceilings (platform/pricing/limits.mdx).
 ABLY_MAX_MESSAGES_PER_SECOND = 50
 ABLY_MAX_CHANNELS_PER_CONNECTION = 200
+ABLY_MAX_APPEND_ROLLUP_WINDOW_MS = 500
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,11 @@ class AgentConfig:
     # Streaming.
     streaming_pattern: str = MESSAGE_PER_RESPONSE
     flush_window: float = 0.05
+    # Ably's own append rollup on the agent's connections (transport param
+    # `appendRollupWindow`, ms; Ably's default 40, maximum 500). The agent already coalesces
+    # per flush window and paces each connection under 50 msg/s, so a second window on top
+    # only adds latency: 0 publishes each append as sent (ai-transport B4).
+    append_rollup_window_ms: int = 0
     connections: int = 4
     # Stay under Ably's 50 msg/s per connection with headroom for presence and control messages.
     max_messages_per_second: float = 40.0
@@ -86,6 +92,10 @@ class AgentConfig:
             raise ConfigError("concurrency must be at least 1")
         if not 0 <= self.flush_window <= 5:
             raise ConfigError("flush window must be between 0 and 5 seconds")
+        if not 0 <= self.append_rollup_window_ms <= ABLY_MAX_APPEND_ROLLUP_WINDOW_MS:
+            raise ConfigError(
+                f"append rollup window must be in [0, {ABLY_MAX_APPEND_ROLLUP_WINDOW_MS}] ms"
+            )
         if not 0 < self.max_messages_per_second <= ABLY_MAX_MESSAGES_PER_SECOND:
             raise ConfigError(
                 f"max messages per second must be in (0, {ABLY_MAX_MESSAGES_PER_SECOND}]"

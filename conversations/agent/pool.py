@@ -34,6 +34,7 @@ def ably_client_options(config: AgentConfig) -> dict[str, Any]:
     transport_params = dict(options.pop("transport_params", None) or {})
     # The agent never needs its own messages back (A8): they would only spend the rate budget.
     transport_params.setdefault("echo", "false")
+    transport_params.setdefault("appendRollupWindow", str(config.append_rollup_window_ms))
     options["transport_params"] = transport_params
     if options.get("use_token_auth"):
         # ably-python's realtime Auth leaves the clientId out of the TokenRequests it signs

@@ -218,3 +218,24 @@ async def test_deltas_are_coalesced_per_flush_window(
     text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
     # ~1.2 s of deltas in 0.25 s windows: a handful of messages instead of one per delta.
     assert len(text_messages) * 4 < request.events_sent
+
+
+@pytest.mark.parametrize("window_ms", [0, 100])
+async def test_the_agent_sets_ablys_append_rollup_on_its_connections(
+    window_ms, stand_ins, start_agent
+):
+    # The agent coalesces per flush window and paces itself; Ably's own 40 ms rollup on top
+    # would only add latency, so it is off unless asked for.
+    ably_server, _ = stand_ins
+    agent = await asyncio.to_thread(start_agent, append_rollup_window_ms=window_ms)
+    agent_client_id = agent.agent.config.agent_client_id
+
+    def windows() -> list[int]:
+        return [
+            c.append_rollup_window_ms
+            for c in ably_server.hub.connections.values()
+            if c.client_id == agent_client_id
+        ]
+
+    found = await asyncio.to_thread(ably_server.call, windows)
+    assert found and set(found) == {window_ms}

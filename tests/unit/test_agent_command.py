@@ -34,6 +34,7 @@ def test_help_documents_the_operational_options():
         (["--flush-window", "-1"], "flush window"),
         (["--stall-timeout", "0"], "stall timeout"),
         (["--publish-deadline", "-1"], "publish deadline"),
+        (["--append-rollup-window", "501"], "append rollup window"),
     ],
 )
 def test_bad_options_fail_with_a_clear_error_before_connecting(args, message):

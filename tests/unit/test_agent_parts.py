@@ -186,6 +186,7 @@ def test_long_titles_are_cut_to_the_limit():
         {"agent_id": ""},
         {"stall_timeout": 0},
         {"publish_deadline": -1},
+        {"append_rollup_window_ms": -1},
     ],
 )
 def test_out_of_range_options_are_refused_before_anything_connects(bad):

@@ -67,6 +67,13 @@ class Command(BaseCommand):
             "(default 0.05).",
         )
         parser.add_argument(
+            "--append-rollup-window",
+            dest="append_rollup_window_ms",
+            type=int,
+            help="Ably's append rollup window on the agent's connections, in ms (default 0: "
+            "the agent coalesces per flush window itself; Ably's default is 40).",
+        )
+        parser.add_argument(
             "--max-messages-per-second",
             type=float,
             help="Outbound messages per connection per second (default 40; Ably allows 50).",
@@ -159,6 +166,7 @@ class Command(BaseCommand):
                 "connections",
                 "concurrency",
                 "flush_window",
+                "append_rollup_window_ms",
                 "max_messages_per_second",
                 "max_channels_per_connection",
                 "streaming_pattern",
