@@ -490,3 +490,23 @@ async def devices(stand_ins) -> Any:
     yield open_device
     for device in opened:
         await device.close()
+
+
+# --- shared by the agent and reliability test modules -------------------------------------
+
+PATTERNS = ["message-per-response", "message-per-token"]
+
+
+@pytest.fixture
+def conversation(alice: Any, transactional_db: Any) -> Any:
+    """One conversation of alice's, committed (the agent reads it from another thread)."""
+    from conversations.models import Conversation
+
+    return Conversation.objects.create(owner=alice)
+
+
+def stored_reply(prompt_id: str) -> Any:
+    """The assistant row the agent stored for a prompt."""
+    from conversations.models import Message
+
+    return Message.objects.get(prompt_id=prompt_id, role=Message.Role.ASSISTANT)

@@ -13,27 +13,13 @@ from django.utils import timezone
 
 from conversations import events
 from conversations.models import Conversation, Message
-from tests.agent_fixtures import LEFT, lifecycle_ably_config
-
-pytest_plugins = ["tests.agent_fixtures"]
+from tests.agent_fixtures import LEFT, PATTERNS, lifecycle_ably_config, stored_reply
 
 
 @pytest.fixture
 def agent_ably_config():
     # The agent's key may subscribe to [meta]channel.lifecycle, as a production key should.
     return lifecycle_ably_config()
-
-
-PATTERNS = ["message-per-response", "message-per-token"]
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
-
-
-def stored_reply(prompt_id: str) -> Message:
-    return Message.objects.get(prompt_id=prompt_id, role=Message.Role.ASSISTANT)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

@@ -21,18 +21,11 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations import events
-from conversations.models import Conversation, Message
+from conversations.models import Message
 from emulators.ably.protocol import Action
 from emulators.ably.testing import python_connection_id
 
-pytest_plugins = ["tests.agent_fixtures"]
-
 TEXT = " ".join(f"piece{i}" for i in range(80))
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
 
 
 class IgnoredAttaches:

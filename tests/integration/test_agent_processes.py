@@ -12,8 +12,6 @@ from conversations import events
 from conversations.models import Conversation, Message
 from tests.agent_fixtures import LEFT, lifecycle_ably_config
 
-pytest_plugins = ["tests.agent_fixtures"]
-
 
 @pytest.fixture
 def agent_ably_config():

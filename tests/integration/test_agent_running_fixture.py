@@ -6,8 +6,6 @@ from asgiref.sync import sync_to_async
 
 from conversations.models import Conversation
 
-pytest_plugins = ["tests.agent_fixtures"]
-
 
 async def test_running_agent_answers_on_the_tests_own_stand_ins(
     running_agent, stand_ins, ably_server, devices, alice, settings

@@ -9,12 +9,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations import events
-from conversations.models import Conversation, Message
-from tests.agent_fixtures import lifecycle_ably_config
-
-pytest_plugins = ["tests.agent_fixtures"]
-
-PATTERNS = ["message-per-response", "message-per-token"]
+from conversations.models import Conversation
+from tests.agent_fixtures import PATTERNS, lifecycle_ably_config, stored_reply
 
 
 @pytest.fixture
@@ -26,15 +22,6 @@ def ably_config() -> dict:
 @pytest.fixture
 def agent_ably_config(ably_config) -> dict:
     return lifecycle_ably_config(**ably_config)
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
-
-
-def stored_reply(prompt_id: str) -> Message:
-    return Message.objects.get(prompt_id=prompt_id, role=Message.Role.ASSISTANT)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

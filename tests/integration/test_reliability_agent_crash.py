@@ -16,8 +16,6 @@ from asgiref.sync import sync_to_async
 from conversations import events
 from conversations.models import Conversation, Message
 
-pytest_plugins = ["tests.agent_fixtures"]
-
 LONG = " ".join(f"word{i}" for i in range(120))
 CONVERSATIONS = 3
 KILLS = 2

@@ -14,9 +14,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations import events
-from conversations.models import Conversation, Message
-
-pytest_plugins = ["tests.agent_fixtures"]
+from conversations.models import Message
+from tests.agent_fixtures import stored_reply
 
 TEXT = "Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron."
 
@@ -48,15 +47,6 @@ CASES = [
     # A short stall is just a slow reply: it completes with nothing lost or doubled.
     Case("stall=1.5", 0, "complete", "", "message-per-token"),
 ]
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
-
-
-def stored_reply(prompt_id: str) -> Message:
-    return Message.objects.get(prompt_id=prompt_id, role=Message.Role.ASSISTANT)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.id}-{c.pattern}")

@@ -19,19 +19,11 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations import realtime
-from conversations.models import Conversation
 from soak.devices import RecoveringDevice
 from soak.proxy import NetworkProxy
 
-pytest_plugins = ["tests.agent_fixtures"]
-
 TEXT = " ".join(f"fragment{i}" for i in range(150))
 TTL_MS = 120_000
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
 
 
 async def wait_until_server_sees_the_drop(ably_server, connection_id: str) -> None:

@@ -13,16 +13,9 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations.models import Conversation, Message
-
-pytest_plugins = ["tests.agent_fixtures"]
+from conversations.models import Message
 
 TEXT = " ".join(f"piece{i}" for i in range(150))
-
-
-@pytest.fixture
-def conversation(alice, transactional_db):
-    return Conversation.objects.create(owner=alice)
 
 
 # One pattern here (reconnecting takes ~15 s of ably-python's retry timer per run); the other
