@@ -4,7 +4,11 @@ TokenRequest exchange (`POST /keys/{keyName}/requestToken`) against the Ably sta
 The browser's path is one request to Django per token: a session lookup, the user, the user's
 conversations (the capability) and an HS256 JWT. ably-python's path with a key over plain HTTP is
 a TokenRequest signed locally (by the SDK itself here) and exchanged at the stand-in. Both are
-driven by the same loopback generator (`bench.httpload`), fresh connection per request.
+driven by the same loopback generator (`bench.httpload`), fresh connection per request (a
+sync worker closes every connection anyway, as it does behind a proxy in production).
+
+Django runs as in production, bar the database (SQLite here): sessions are `cached_db` in
+Redis (`CACHE_URL`, default redis://127.0.0.1:6379/1) and database connections persist.
 """
 
 from __future__ import annotations
@@ -13,21 +17,26 @@ import argparse
 import asyncio
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from bench import common, httpload
 
 CONVERSATIONS_PER_USER = 20
+DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/1"
 
 
 def _session_cookie() -> tuple[str, str]:
     """A logged-in session for a user with some conversations, made the way login makes one."""
+    from importlib import import_module
+
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
 
     from conversations.models import Conversation
+
+    SessionStore = import_module(settings.SESSION_ENGINE).SessionStore  # noqa: N806
 
     user = common.bulk_users(1, "bench-token-")[0]
     Conversation.objects.bulk_create(
@@ -161,7 +170,8 @@ async def bench(tiny: bool, env: dict[str, str], workdir: Path) -> common.BenchR
             common.note(f"  the {len(token_requests):,} signed TokenRequests ran out early")
 
     common.print_table(
-        f"Token endpoint ({concurrency} concurrent loopback clients, {seconds:.0f}s each)",
+        f"Token endpoint ({concurrency} concurrent loopback clients, {seconds:.0f}s each; "
+        f"Django with {_session_backend()} sessions in Redis, persistent DB connections, SQLite)",
         [
             "endpoint",
             "server",
@@ -182,12 +192,37 @@ async def bench(tiny: bool, env: dict[str, str], workdir: Path) -> common.BenchR
     exchange_rps = figures["token_request_exchange"]["requests_per_second"]
     cpu_ms = figures["/ably/token"]["server_cpu_ms_per_request"]
     summary = (
-        f"/ably/token {common.fmt(token_rps, 0)} req/s on one gunicorn worker (target >= 1,500: "
+        f"/ably/token {common.fmt(token_rps, 0)} req/s on one gunicorn worker, sessions "
+        f"{_session_backend()} in Redis (target >= 1,500: "
         f"{'met' if token_rps >= 1500 else 'NOT met'}; {common.fmt(cpu_ms)} ms CPU/request = "
         f"{common.fmt(1000 / cpu_ms if cpu_ms else math.nan, 0)} req/s per CPU-second); "
         f"TokenRequest exchange at the stand-in {common.fmt(exchange_rps, 0)} req/s"
     )
     return common.BenchResult("token_endpoint", summary, figures)
+
+
+def _check_cache(cache_url: str) -> None:
+    """Fail clearly when the production-like configuration cannot run: Redis must answer."""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    if not settings.SESSION_ENGINE.endswith("cached_db"):
+        raise common.BenchError(
+            f"CACHE_URL={cache_url} is not a shared cache: sessions would not be cached_db"
+        )
+    try:
+        cache.set("bench-token-endpoint-ping", 1, 5)
+    except Exception as exc:
+        raise common.BenchError(
+            f"Redis is not reachable at CACHE_URL={cache_url} ({exc}); start it "
+            "(redis-server --daemonize yes) or point CACHE_URL at one"
+        ) from exc
+
+
+def _session_backend() -> str:
+    from django.conf import settings
+
+    return settings.SESSION_ENGINE.rsplit(".", 1)[-1]
 
 
 def _gunicorn_worker(master_pid: int) -> int:
@@ -239,8 +274,10 @@ def main(argv: list[str] | None = None) -> common.BenchResult:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    cache_url = os.environ.get("CACHE_URL") or DEFAULT_CACHE_URL
     with common.workdir("token") as workdir:
-        env = common.setup_django(workdir / "bench.sqlite3")
+        env = common.setup_django(workdir / "bench.sqlite3", CACHE_URL=cache_url)
+        _check_cache(cache_url)
         result = asyncio.run(bench(args.tiny, env, workdir)).finish()
     common.write_json(args.json, result)
     return result

@@ -74,7 +74,10 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+# Persistent connections: a new one per request costs more than the request itself (Postgres
+# forks a backend; SQLite re-reads the schema). The health check replaces one that died.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", env.bool("CONN_HEALTH_CHECKS", default=True))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The agent writes from other processes while the web server reads; wait instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
@@ -183,7 +186,24 @@ if STREAMING_PATTERN not in ("message-per-response", "message-per-token"):
 MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=20_000)
 PROMPT_RATE_LIMIT_PER_MINUTE = env.int("PROMPT_RATE_LIMIT_PER_MINUTE", default=20)
 
+# e.g. redis://127.0.0.1:6379/1 (Django's own Redis backend). Without it, a per-process cache.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend, without a new redis-py client per operation (see chatsite/cache.py).
+    CACHES["default"]["BACKEND"] = "chatsite.cache.RedisCache"
+# Sessions live in the database. With a cache every web process shares, `cached_db` reads them
+# from the cache first (writes and logouts go to both). Not with a per-process cache: a session
+# deleted at logout by one worker would live on in the other workers' caches until it expired.
+_PROCESS_LOCAL_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+SESSION_ENGINE = env.str(
+    "SESSION_ENGINE",
+    default="django.contrib.sessions.backends.db"
+    if CACHES["default"]["BACKEND"] in _PROCESS_LOCAL_CACHES
+    else "django.contrib.sessions.backends.cached_db",
+)
 
 LOGGING = {
     "version": 1,

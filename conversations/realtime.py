@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def capability_for(
     *,
     conversation: Conversation | None = None,
     user_channel_only: bool = False,
+    user_can_write: bool | None = None,
 ) -> dict[str, list[str]]:
     """The exact channels and operations a token for `user` grants; never a wildcard.
 
@@ -97,6 +99,9 @@ def capability_for(
     scoped, only `conversation` (read-write for its users, read-only for staff monitoring
     someone else's); `user_channel_only`, nothing more (the list page, whose token stays small
     however many conversations the user has).
+
+    `user_can_write` is whether `user` may write to `conversation`, when the caller has just
+    resolved it for this same user (`_get_conversation_for_user`'s annotation); None looks it up.
     """
     capability: dict[str, list[str]] = {
         events.user_channel(client_id_for_user(user)): list(USER_CHANNEL_OPERATIONS)
@@ -106,7 +111,10 @@ def capability_for(
     if conversation is None:
         for pk in Conversation.objects.for_user(user).values_list("pk", flat=True):
             capability[events.conversation_channel(pk)] = list(READ_WRITE_OPERATIONS)
-    elif Conversation.objects.for_user(user).filter(pk=conversation.pk).exists():
+        return capability
+    if user_can_write is None:
+        user_can_write = Conversation.objects.for_user(user).filter(pk=conversation.pk).exists()
+    if user_can_write:
         capability[conversation.channel_name] = list(READ_WRITE_OPERATIONS)
     elif user.is_staff:
         capability[conversation.channel_name] = list(READ_ONLY_OPERATIONS)
@@ -116,9 +124,16 @@ def capability_for(
 
 
 def create_token(
-    user: Any, conversation: Conversation | None = None, *, user_channel_only: bool = False
+    user: Any,
+    conversation: Conversation | None = None,
+    *,
+    user_channel_only: bool = False,
+    user_can_write: bool | None = None,
 ) -> str:
-    """An Ably JWT (HS256, signed with the API key's secret) for the user's browser."""
+    """An Ably JWT (HS256, signed with the API key's secret) for the user's browser.
+
+    `user_can_write`: as in `capability_for`.
+    """
     key = AblyKey(settings.ABLY_API_KEY)
     issued_at = int(time.time())
     claims = {
@@ -127,7 +142,12 @@ def create_token(
         "x-ably-clientId": client_id_for_user(user),
         # Compact JSON: the capability travels inside every connection's token.
         "x-ably-capability": json.dumps(
-            capability_for(user, conversation=conversation, user_channel_only=user_channel_only),
+            capability_for(
+                user,
+                conversation=conversation,
+                user_channel_only=user_channel_only,
+                user_can_write=user_can_write,
+            ),
             separators=(",", ":"),
             sort_keys=True,
         ),
@@ -141,6 +161,22 @@ def create_token(
 def rest_base_url() -> str:
     """Where Django's REST publishes go: the configured endpoint, or Ably's own REST host."""
     return (settings.ABLY_ENDPOINT or ABLY_DEFAULT_REST_URL).rstrip("/")
+
+
+_shared_client: httpx.Client | None = None
+_shared_client_lock = threading.Lock()
+
+
+def _http_client() -> httpx.Client:
+    """One pooled client per process: `httpx.post` builds a client, and with it an SSL context
+    (loading the CA bundle), on every call, which was a third of the agent's CPU under load.
+    httpx.Client is safe to share between threads."""
+    global _shared_client
+    if _shared_client is None:
+        with _shared_client_lock:
+            if _shared_client is None:
+                _shared_client = httpx.Client()
+    return _shared_client
 
 
 def publish(channel: str, event: Event) -> None:
@@ -171,7 +207,7 @@ def publish(channel: str, event: Event) -> None:
     key = AblyKey(settings.ABLY_API_KEY)
     url = f"{rest_base_url()}/channels/{quote(channel, safe='')}/messages"
     try:
-        response = httpx.post(
+        response = _http_client().post(
             url,
             json=message,
             auth=(key.name, key.secret),

@@ -211,3 +211,49 @@ def test_a_token_for_someone_elses_conversation_cannot_be_minted_even_by_mistake
     theirs = Conversation.objects.create(owner=bob)
     with pytest.raises(PermissionError, match="may not use this conversation"):
         realtime.create_token(alice, theirs)
+
+
+# --- Cost: access is decided once per request ---
+
+
+@pytest.fixture
+def db_sessions(settings):
+    """Sessions read from the database, so every query the endpoint makes is counted."""
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+
+@pytest.mark.usefixtures("db_sessions")
+def test_a_scoped_token_costs_one_query_beyond_the_login(
+    alice_client, alice, django_assert_num_queries
+):
+    conversation = Conversation.objects.create(owner=alice)
+    # The session, the user, then the conversation with the user's rights on it: the
+    # capability reuses that answer instead of asking the database again.
+    with django_assert_num_queries(3):
+        response = alice_client.get(token_url(conversation.pk))
+    assert response.status_code == 200
+
+
+@pytest.mark.usefixtures("db_sessions")
+def test_an_unscoped_token_costs_one_query_beyond_the_login(
+    alice_client, alice, django_assert_num_queries
+):
+    Conversation.objects.create(owner=alice)
+    with django_assert_num_queries(3):
+        response = alice_client.get(token_url())
+    assert response.status_code == 200
+
+
+def test_capability_for_trusts_only_the_answer_it_is_given_for_that_user(alice, bob):
+    theirs = Conversation.objects.create(owner=bob)
+    # Given: no query, and a "no" is still a refusal for someone who is not staff.
+    with pytest.raises(PermissionError, match="may not use this conversation"):
+        realtime.capability_for(alice, conversation=theirs, user_can_write=False)
+    bob.is_staff = True
+    assert realtime.capability_for(bob, conversation=theirs, user_can_write=False)[
+        theirs.channel_name
+    ] == ["history", "subscribe"]
+    # Not given: looked up, so a caller that resolved nothing gets the same answer.
+    assert realtime.capability_for(bob, conversation=theirs)[theirs.channel_name] == ALL
+    with pytest.raises(PermissionError):
+        realtime.capability_for(alice, conversation=theirs)
