@@ -6,7 +6,8 @@
            0 prompts lost, no reply `streaming` for more than 30 s, every device final.
 - restart: the Ably stand-in restarted mid-reply 5 times; every reply ends whole everywhere.
 
-`--tiny` shrinks every scenario to seconds (a pytest test runs it). Each scenario runs in its own
+`SOAK_LOAD_SECONDS=180` lengthens the load phase (memory levels off only after the Ably stand-in's
+2-minute resume window has filled). `--tiny` shrinks every scenario to seconds (a pytest test runs it). Each scenario runs in its own
 Python process on its own scratch SQLite database; services are child processes so their memory
 is their own. Each prints a table and a `SUMMARY <name>: ...` line, and exits non-zero if a
 promise was broken.

@@ -7,7 +7,7 @@ Routes:
 - `POST /_emulator/faults` `{"fault": "529", "count": 2}`: the next `count` Messages requests
   fail with that fault (same names as the `[[fault:...]]` prompt markers). `DELETE` clears them.
 - `POST /_emulator/pacing` `{"ttft_ms": 300, "tokens_per_second": 80}`.
-- `GET /_emulator/requests`: what was received, and how each request ended.
+- `GET /_emulator/requests`: what was received (the newest 256), and how each request ended.
 - `POST /_emulator/reset`: forget requests and queued faults.
 
 Every response, errors included, carries a `request-id` header.
@@ -22,6 +22,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,9 @@ from emulators.anthropic.core import (
 KEEP_ALIVE_SECONDS = 75
 
 log = logging.getLogger(__name__)
+
+# How many requests the stand-in remembers for `/_emulator/requests` and the test fixtures.
+REQUEST_LOG_LIMIT = 256
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -114,7 +118,11 @@ class EmulatorState:
     pacing: Pacing = field(default_factory=Pacing)
     require_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
-    requests: list[RecordedRequest] = field(default_factory=list)
+    # The newest REQUEST_LOG_LIMIT requests: a long-running stand-in (`make run`, soaks) must not
+    # grow with every request it has ever served.
+    requests: deque[RecordedRequest] = field(
+        default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT)
+    )
     _queued_faults: list[Fault] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 

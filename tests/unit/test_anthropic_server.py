@@ -9,7 +9,12 @@ import httpx
 import pytest
 
 from emulators.anthropic.core import Pacing, count_tokens
-from emulators.anthropic.server import EmulatorState, create_app
+from emulators.anthropic.server import (
+    REQUEST_LOG_LIMIT,
+    EmulatorState,
+    RecordedRequest,
+    create_app,
+)
 
 BODY = {
     "model": "claude-sonnet-5-5",
@@ -109,3 +114,13 @@ async def test_malformed_fault_marker_is_a_clear_bad_request(client):
     response = await client.post("/v1/messages", json=body, headers=KEY)
     assert response.status_code == 400
     assert "needs a number of seconds" in response.json()["error"]["message"]
+
+
+def test_the_request_log_keeps_only_the_newest_requests() -> None:
+    # A stand-in left running (`make run`, a soak) must not grow with every request it served.
+    state = EmulatorState()
+    for index in range(REQUEST_LOG_LIMIT + 5):
+        state.record(RecordedRequest(f"req_{index}", "POST", "/v1/messages", {}, None))
+    assert len(state.requests) == REQUEST_LOG_LIMIT
+    assert state.requests[0].request_id == "req_5"
+    assert state.requests[-1].request_id == f"req_{REQUEST_LOG_LIMIT + 4}"
