@@ -6,9 +6,9 @@ device never hears about a change that rolled back.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -163,20 +163,12 @@ def rest_base_url() -> str:
     return (settings.ABLY_ENDPOINT or ABLY_DEFAULT_REST_URL).rstrip("/")
 
 
-_shared_client: httpx.Client | None = None
-_shared_client_lock = threading.Lock()
-
-
+@functools.cache
 def _http_client() -> httpx.Client:
     """One pooled client per process: `httpx.post` builds a client, and with it an SSL context
     (loading the CA bundle), on every call, which was a third of the agent's CPU under load.
     httpx.Client is safe to share between threads."""
-    global _shared_client
-    if _shared_client is None:
-        with _shared_client_lock:
-            if _shared_client is None:
-                _shared_client = httpx.Client()
-    return _shared_client
+    return httpx.Client()
 
 
 def publish(channel: str, event: Event) -> None:

@@ -43,12 +43,6 @@ class RecoveringDevice(Device):
         self.live_tokens: collections.Counter[tuple[str, str, int]] = collections.Counter()
         self._recovering: asyncio.Task[None] | None = None
 
-    async def attach(self) -> RecoveringDevice:
-        self.channel.on("attached", self._on_attached)
-        self.channel.on("update", self._on_attached)
-        await super().attach()
-        return self
-
     def _on_message(self, message: AblyMessage) -> None:
         if message.name == events.Name.TOKEN and message.client_id == self.agent_client_id:
             headers = (message.extras or {}).get("headers", {})
@@ -60,7 +54,8 @@ class RecoveringDevice(Device):
     def doubled_live_fragments(self) -> int:
         return sum(count - 1 for count in self.live_tokens.values() if count > 1)
 
-    def _on_attached(self, change: Any) -> None:
+    def _on_attach_change(self, change: Any) -> None:
+        super()._on_attach_change(change)
         self.attaches += 1
         self.resumed.append(bool(getattr(change, "resumed", False)))
         if self.attaches > 1 and not getattr(change, "resumed", False):

@@ -273,7 +273,7 @@ class Device:
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
         # Every status the agent announced in presence here, in order.
         self.agent_status_history: list[str] = []
-        # Every ATTACHED after the first (channel `attached`/`update`): was it RESUMED?
+        # Every ATTACHED (channel `attached`/`update`), and whether it was RESUMED.
         self.attach_changes: list[str] = []
         self._changed = asyncio.Event()
 

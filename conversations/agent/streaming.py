@@ -202,8 +202,8 @@ async def sdk_sends_settled(channel: Any, timeout: float) -> bool:
     """Until every publish ably-python holds for this channel's connection now has gone out and
     been answered (or `timeout` passes: False). Relies on ably-python's ConnectionManager
     internals; without them (another SDK version) it returns at once."""
-    manager = getattr(getattr(channel, "ably", None), "connection", None)
-    manager = getattr(manager, "connection_manager", None)
+    connection = getattr(getattr(channel, "ably", None), "connection", None)
+    manager = getattr(connection, "connection_manager", None)
     if manager is None or not hasattr(manager, "queued_messages"):
         return True
 
@@ -321,6 +321,12 @@ class ReplyStream(ABC):
                 )
                 self.failed_parts.add(failed_part)
 
+    async def _paced(self, publish: Callable[[], Awaitable[Any]]) -> Any:
+        """One more message on this connection, sent when its rate limiter allows."""
+        await self.limiter.acquire()
+        self.messages_sent += 1
+        return await publish()
+
     def _message(self, name: str, data: str, extras: dict[str, Any], **kwargs: Any) -> Message:
         return Message(name=name, data=data, extras=extras, **kwargs)
 
@@ -343,9 +349,12 @@ class MessagePerResponseStream(ReplyStream):
         return events.ResponseChunk(self.reply, part, "").extras()
 
     def _create_id(self, part: events.Part) -> str:
+        return f"{self.reply.response_id}:{part}"
+
+    def _create_message(self, part: events.Part) -> Message:
         # Idempotent publishing: a create re-sent by the SDK, or repeated by `_recover` after a
         # lost ack, is the same message to Ably, so devices never see a second, stale create.
-        return f"{self.reply.response_id}:{part}"
+        return self._message(events.Name.RESPONSE, "", self._extras(part), id=self._create_id(part))
 
     async def _create(self, part: events.Part) -> None:
         if self._current_part is not None and self._current_part != part:
@@ -353,11 +362,7 @@ class MessagePerResponseStream(ReplyStream):
             await self._gather(self._current_part)
         self._current_part = part
         try:
-            result = await self.channel.publish(
-                self._message(
-                    events.Name.RESPONSE, "", self._extras(part), id=self._create_id(part)
-                )
-            )
+            result = await self.channel.publish(self._create_message(part))
             self.serials[part] = first_serial(result)
         except Exception as error:  # noqa: BLE001 - any publish failure is repaired at the end
             logger.warning("creating the %s message of %s failed: %r", part, self.reply, error)
@@ -391,33 +396,20 @@ class MessagePerResponseStream(ReplyStream):
                 if serial is None:
                     # The create's ack was lost: the same create again (its id makes it one
                     # message to Ably, whether or not the first landed) tells us the serial.
-                    await self.limiter.acquire()
-                    self.messages_sent += 1
-                    result = await self.channel.publish(
-                        self._message(
-                            events.Name.RESPONSE, text, self._extras(part), id=self._create_id(part)
-                        )
+                    result = await self._paced(
+                        lambda: self.channel.publish(self._create_message(part))
                     )
                     serial = self.serials[part] = first_serial(result)
-                    if serial is None:
-                        # Ably did not say (as it may for a de-duplicated publish): a new
-                        # message with the whole text, which devices take over the first.
-                        await self.limiter.acquire()
-                        self.messages_sent += 1
-                        await self.channel.publish(
-                            self._message(
-                                events.Name.RESPONSE,
-                                text,
-                                self._extras(part),
-                                id=f"{self._create_id(part)}:repair",
-                            )
-                        )
-                        return
-                await self.limiter.acquire()
-                self.messages_sent += 1
-                await self.channel.update_message(
-                    self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
-                )
+                extras = self._extras(part)
+                if serial is None:
+                    # Ably did not say (as it may for a de-duplicated publish): a new message
+                    # with the whole text, which devices take over the first.
+                    repair_id = f"{self._create_id(part)}:repair"
+                    whole = self._message(events.Name.RESPONSE, text, extras, id=repair_id)
+                    await self._paced(lambda: self.channel.publish(whole))
+                else:
+                    whole = self._message(events.Name.RESPONSE, text, extras, serial=serial)
+                    await self._paced(lambda: self.channel.update_message(whole))
 
             try:
                 await publish_until(
@@ -451,11 +443,8 @@ class MessagePerTokenStream(ReplyStream):
             snapshot = events.Snapshot(self.reply, part, self.full_text[part])
 
             async def repair(snapshot: events.Snapshot = snapshot) -> None:
-                await self.limiter.acquire()
-                self.messages_sent += 1
-                await self.channel.publish(
-                    self._message(snapshot.name, snapshot.data(), snapshot.extras())
-                )
+                message = self._message(snapshot.name, snapshot.data(), snapshot.extras())
+                await self._paced(lambda: self.channel.publish(message))
 
             try:
                 await publish_until(

@@ -42,6 +42,17 @@ def text_messages(received: list[Message]) -> list[Message]:
     return [m for m in received if m.name in (events.Name.RESPONSE, events.Name.SNAPSHOT)]
 
 
+async def last_text_becomes(received: list[Message], text: str, what: str) -> Message:
+    """Until the device's latest text-carrying message holds exactly `text`; returns it."""
+
+    def arrived() -> bool:
+        texts = text_messages(received)
+        return bool(texts) and texts[-1].data == text
+
+    await eventually(arrived, what)
+    return text_messages(received)[-1]
+
+
 @pytest.mark.parametrize("stream_class", [MessagePerResponseStream, MessagePerTokenStream])
 async def test_a_reply_whose_connection_dropped_ends_with_its_full_text(
     ably_server: EmulatorServer, stream_class: type
@@ -57,12 +68,9 @@ async def test_a_reply_whose_connection_dropped_ends_with_its_full_text(
 
         # Every publish was acknowledged (ably-python re-sent the unacked ones on resume), yet
         # the order they landed in is not guaranteed: the last word must be the whole text.
-        def repaired() -> bool:
-            texts = text_messages(received)
-            return bool(texts) and texts[-1].data == "before the drop, after it."
-
-        await eventually(repaired, "the full text, last")
-        last = text_messages(received)[-1]
+        last = await last_text_becomes(
+            received, "before the drop, after it.", "the full text, last"
+        )
         if stream_class is MessagePerResponseStream:
             assert last.action == MessageAction.MESSAGE_UPDATE
         else:
@@ -100,11 +108,7 @@ async def test_a_create_whose_ack_was_lost_is_repeated_not_duplicated(
         stream.add(events.Part.TEXT, "the whole answer")
         await stream.finish()
 
-        def final_text() -> bool:
-            texts = text_messages(received)
-            return bool(texts) and texts[-1].data == "the whole answer"
-
-        await eventually(final_text, "the repaired text")
+        await last_text_becomes(received, "the whole answer", "the repaired text")
         creates = [m for m in received if m.action == MessageAction.MESSAGE_CREATE]
         assert len(creates) == 1, "a second create would be a second copy of the reply"
         history = await agent.channels.get(CHANNEL).history()
