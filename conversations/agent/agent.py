@@ -863,13 +863,12 @@ class Agent:
         if self.stopping or not await db(store.conversation_exists, conversation_id):
             return None
         channel_name = events.conversation_channel(conversation_id)
-        connection = self.pool.for_channel(channel_name)
+        connection = self.pool.for_new_channel()
         if not connection.has_room(self.config.max_channels_per_connection):
             if not await self._evict_one(connection):
                 logger.error(
-                    "connection %d already holds %d busy channels; not attaching %s "
+                    "every connection already holds %d busy channels; not attaching %s "
                     "(run with more --connections)",
-                    connection.index,
                     len(connection.attached),
                     channel_name,
                 )

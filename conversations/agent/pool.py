@@ -1,9 +1,13 @@
 """A fixed pool of realtime connections; each channel always lives on the same one.
 
-Ordering is per connection, so every operation on a channel goes through the connection its
-name hashes to (ai-transport B4/F1). Each connection has its own rate limiter (Ably counts
-50 msg/s per connection) and holds at most `max_channels_per_connection` attached channels
-(Ably allows 200), evicting its least recently used idle conversation to make room.
+Ordering is per connection, so every operation on a channel goes through one connection while
+it is attached (ai-transport B4/F1). A newly attached channel goes to the connection holding
+the fewest, not to the one its name hashes to: Ably's 50 msg/s is per connection, and hashing
+puts two busy conversations on one connection while another idles (with ten conversations on
+ten connections, most runs had a connection carrying two or three replies, and their deltas
+waited on each other). Each connection has its own rate limiter and holds at most
+`max_channels_per_connection` attached channels (Ably allows 200), evicting its least recently
+used idle conversation to make room.
 """
 
 from __future__ import annotations
@@ -114,9 +118,18 @@ class ConnectionPool:
             ) from None
 
     def for_channel(self, channel_name: str) -> PooledConnection:
-        # crc32, not hash(): stable across processes and restarts.
+        """The connection the channel is attached on; for one attached nowhere (a publish on a
+        conversation this agent does not hold), the one its name hashes to."""
+        for connection in self.connections:
+            if channel_name in connection.attached:
+                return connection
+        # crc32, not hash(): the same answer in every process and after a restart.
         index = zlib.crc32(channel_name.encode()) % len(self.connections)
         return self.connections[index]
+
+    def for_new_channel(self) -> PooledConnection:
+        """The connection to attach another channel on: the one holding the fewest."""
+        return min(self.connections, key=lambda c: (len(c.attached) + c.reserved, c.index))
 
     @property
     def primary(self) -> PooledConnection:

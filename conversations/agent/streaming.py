@@ -1,9 +1,10 @@
 """Putting one reply's text onto its channel within Ably's limits, for both streaming patterns.
 
-Deltas from the model are buffered and flushed at most once per flush window and never faster
-than the connection's rate limiter allows; while a flush waits for the limiter, more deltas pile
-up and go out together. So however many replies share a connection, its outbound rate stays
-under Ably's 50 msg/s: more concurrency means bigger messages, not more of them.
+Deltas from the model are buffered and flushed at most once per flush window (a delta after a
+quiet spell at once) and never faster than the connection's rate limiter allows; while a flush
+waits for the limiter, more deltas pile up and go out together. So however many replies share a
+connection, its outbound rate stays under Ably's 50 msg/s: more concurrency means bigger
+messages, not more of them.
 
 Appends (and token publishes) are not awaited one by one (ai-transport B2): each is started as a
 task in order, which keeps wire order on one connection, and all are gathered when the reply
@@ -288,14 +289,20 @@ class ReplyStream(ABC):
         await asyncio.gather(*(task for _, task in self._in_flight), return_exceptions=True)
 
     async def _flush_loop(self) -> None:
+        # At most one flush per window, timed from the previous flush: a delta after a quiet
+        # spell (the first one, or a slow model) goes out at once, and deltas that come while
+        # the window is still open wait for its end and travel together.
+        last_flush = float("-inf")
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._closing and self.flush_window:
-                # Let more deltas arrive so they travel as one message.
-                await asyncio.sleep(self.flush_window)
+                wait = last_flush + self.flush_window - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             if self._pending:
                 await self.limiter.acquire()
+                last_flush = time.monotonic()
                 for part, text in self._pending.take():
                     await self._send(part, text)
             if self._closing and not self._pending:

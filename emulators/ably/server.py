@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.frames import OP_BINARY, OP_TEXT, Frame
 
 from . import auth, push, stats
 from .comet import CometTransports
@@ -95,14 +96,19 @@ class _DirectWriter:
             and not protocol.transport.is_closing()
         )
 
-    def write(self, payloads: list[str | bytes]) -> None:
-        conn = self.protocol.conn
-        for data in payloads:
-            if isinstance(data, bytes):
-                conn.send_binary(data)
-            else:
-                conn.send_text(data.encode())
-        self.protocol.transport.write(b"".join(conn.data_to_send()))
+    def write(self, frames: list[bytes]) -> None:
+        self.protocol.transport.write(b"".join(frames))
+
+    @staticmethod
+    def frame(data: str | bytes) -> bytes:
+        """One complete server-to-client websocket frame.
+
+        Server frames are unmasked and no extension is negotiated (see `_uvicorn_config`), so a
+        broadcast's frame is the same bytes for every recipient: built once, written N times.
+        """
+        if isinstance(data, bytes):
+            return Frame(OP_BINARY, data).serialize(mask=False)
+        return Frame(OP_TEXT, data.encode()).serialize(mask=False)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class AblyApp:
         self.comet = CometTransports(self)
         self._wake: asyncio.Event | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
         self.hub.on_timer_scheduled = lambda _due: self._wake and self._wake.set()
         self.starlette = Starlette(
             routes=[
@@ -179,16 +186,49 @@ class AblyApp:
         if self._wake:
             self._wake.set()
 
+    def flush_soon(self) -> None:
+        """Flush once the event loop has run whatever else is ready now.
+
+        Under load several sockets' inbound frames are ready in one loop pass; delivering their
+        results together gives each recipient one write for all of them instead of one each
+        (the kernel send per frame is most of the stand-in's cost per delivery). Idle, it is
+        the same single flush, one loop pass later.
+        """
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
     def flush(self) -> None:
         # Frames shared by many recipients (a broadcast) are encoded once per wire format. The
         # cache is keyed by object identity, valid only while these outboxes hold the frames.
         encoded: dict[tuple[int, str], str | bytes] = {}
+        framed: dict[tuple[int, str], bytes] = {}
         for transport_id, outbox in self.hub.take_outputs().items():
             sock = self.sockets.get(transport_id)
             if sock is None:
                 self.comet.deliver(transport_id, outbox.frames, outbox.close)
                 continue
             if sock.frozen:
+                continue
+            direct = sock.direct
+            if direct and not sock.busy and sock.queue.empty() and direct.ready():
+                frames = []
+                for frame in outbox.frames:
+                    key = (id(frame), sock.wire_format)
+                    data = framed.get(key)
+                    if data is None:
+                        data = framed[key] = direct.frame(encode_frame(frame, sock.wire_format))
+                    frames.append(data)
+                try:
+                    direct.write(frames)
+                except Exception:  # e.g. the peer went away mid-write: its reader reports it
+                    log.debug("direct write failed", exc_info=True)
+                if outbox.close:
+                    sock.queue.put_nowait(_Encoded([], close=True))
                 continue
             payloads = []
             for frame in outbox.frames:
@@ -197,15 +237,6 @@ class AblyApp:
                 if data is None:
                     data = encoded[key] = encode_frame(frame, sock.wire_format)
                 payloads.append(data)
-            direct = sock.direct
-            if direct and not sock.busy and sock.queue.empty() and direct.ready():
-                try:
-                    direct.write(payloads)
-                except Exception:  # e.g. the peer went away mid-write: its reader reports it
-                    log.debug("direct write failed", exc_info=True)
-                if outbox.close:
-                    sock.queue.put_nowait(_Encoded([], close=True))
-                continue
             sock.queue.put_nowait(_Encoded(payloads, outbox.close))
 
     async def _writer(self, sock: _Socket) -> None:
@@ -278,7 +309,7 @@ class AblyApp:
                             self.hub.receive_invalid(
                                 transport_id, AblyError(50000, "Internal error", 500)
                             )
-                self.flush()
+                self.flush_soon()
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

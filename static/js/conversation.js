@@ -64,7 +64,37 @@ function nearBottom() {
   return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < STICKY_SCROLL_SLACK_PX;
 }
 
-window.addEventListener("scroll", () => (stickToBottom = nearBottom()), { passive: true });
+// A wheel or key scroll upwards is often animated over several frames, and its first scroll
+// events can still be near the bottom: a token arriving then would snap the page back down
+// and cancel the reader's scroll. So an upward intent stops the following at once, and only a
+// scroll back to the bottom (or a downward intent) restores it.
+let readerScrollingUp = false;
+const UPWARD_KEYS = new Set(["ArrowUp", "PageUp", "Home"]);
+
+function readerScrolls(upwards) {
+  readerScrollingUp = upwards;
+  if (upwards) stickToBottom = false;
+}
+
+window.addEventListener("wheel", (event) => event.deltaY && readerScrolls(event.deltaY < 0), {
+  passive: true,
+});
+window.addEventListener("keydown", (event) => {
+  if (event.target.closest?.("input, textarea, [contenteditable]")) return;
+  if (UPWARD_KEYS.has(event.key)) readerScrolls(true);
+  else if (["ArrowDown", "PageDown", "End", " "].includes(event.key)) readerScrolls(false);
+});
+window.addEventListener(
+  "scroll",
+  () => {
+    if (readerScrollingUp) {
+      if (!nearBottom()) readerScrollingUp = false; // left the bottom: plain tracking again
+      return;
+    }
+    stickToBottom = nearBottom();
+  },
+  { passive: true },
+);
 
 function followStream() {
   if (stickToBottom) scrollingElement().scrollTop = scrollingElement().scrollHeight;
@@ -595,6 +625,7 @@ function sendPrompt(text) {
   }
   showComposerError("");
   const entry = addPrompt(newUuid(), text, { fromHere: true });
+  readerScrolls(false);
   stickToBottom = true;
   followStream();
   outbox.push(entry);

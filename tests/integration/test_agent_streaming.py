@@ -207,6 +207,41 @@ async def test_deltas_are_coalesced_per_flush_window(
     assert len(text_messages) * 4 < request.events_sent
 
 
+@pytest.mark.parametrize("pattern", PATTERNS)
+async def test_the_first_words_are_not_held_back_for_the_flush_window(
+    pattern, start_agent, devices, alice, conversation, anthropic_server
+):
+    # A window far longer than the whole reply: deltas are still coalesced behind it, but the
+    # first one goes out when it arrives, so the words start appearing at once.
+    anthropic_server.set_pacing(tokens_per_second=20)
+    await asyncio.to_thread(start_agent, streaming_pattern=pattern, flush_window=5.0)
+    phone = await devices(alice, conversation)
+    text = " ".join(f"piece{i}" for i in range(12))
+    prompt_id = await phone.prompt(f"Say exactly: {text}")
+    reply = await phone.final_reply(prompt_id, timeout=30)
+    assert reply.text == text
+    text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
+    # The first delta on its own, then everything that came during the window (after the
+    # empty create, for message-per-response).
+    created = 1 if pattern == "message-per-response" else 0
+    assert len(text_messages) == created + 2
+
+
+async def test_conversations_are_spread_over_the_agents_connections(start_agent, alice):
+    # Ably's 50 msg/s is per connection: two conversations streaming on one connection while
+    # another carries none would wait on each other for nothing.
+    conversations = [
+        await sync_to_async(Conversation.objects.create)(owner=alice) for _ in range(9)
+    ]
+    agent = await asyncio.to_thread(start_agent, connections=3)
+    for conversation in conversations:
+        session = await agent.acall(lambda c=str(conversation.pk): agent.agent.open_conversation(c))
+        assert session is not None
+    loads = [len(c.attached) + c.reserved for c in agent.agent.pool.connections]
+    assert max(loads) - min(loads) <= 1, loads
+    assert sum(len(c.attached) for c in agent.agent.pool.connections) == 9
+
+
 @pytest.mark.parametrize("window_ms", [0, 100])
 async def test_the_agent_sets_ablys_append_rollup_on_its_connections(
     window_ms, stand_ins, start_agent
