@@ -614,6 +614,7 @@ async def _publish_prompts(
 
 
 LATENCY_NS = (10, 30, 100)
+FLOOR_NS = (10, 30)
 REPLIES_PER_CONNECTION_AT_FULL_PACE = 2
 LATENCY_TARGET_MS = 50.0
 
@@ -673,6 +674,20 @@ async def bench(
                 "agent", n, reply_tokens, connections=connections, variant="2 conv/conn"
             )
             common.note(f"agent relay: {n} conversations on {connections} connections ...")
+            outcomes.append(await run_scenario(scenario, env, workdir))
+            _progress(outcomes[-1])
+        # The floor: a connection per conversation and no flush window, every delta sent as it
+        # comes (27 msg/s per reply, within the limit), i.e. the naive publisher's message count.
+        for n in FLOOR_NS:
+            scenario = Scenario(
+                "agent",
+                n,
+                reply_tokens,
+                connections=n,
+                flush_window=0.0,
+                variant="1 conv/conn, flush 0",
+            )
+            common.note(f"agent relay: {n} conversations on {n} connections, flush 0 ...")
             outcomes.append(await run_scenario(scenario, env, workdir))
             _progress(outcomes[-1])
     for n in naive_ns:
