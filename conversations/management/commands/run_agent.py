@@ -23,8 +23,9 @@ SERVICE_WAIT_SECONDS = 60.0
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed: the agent's per-token work is mostly socket reads and
-    writes, which it does for about a fifth less CPU than asyncio's default loop."""
+    """uvloop where it is installed, as uvicorn picks for its servers: the agent's per-token
+    work is mostly socket reads and writes, which cost less CPU on it than on asyncio's
+    default loop."""
     try:
         import uvloop
     except ImportError:
