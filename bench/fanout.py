@@ -64,8 +64,9 @@ class CountingSubscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.upgraded = False
-        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.lost = asyncio.get_running_loop().create_future()
+        # Control frames until ATTACHED; after that only MESSAGE frames matter.
+        self.frames: asyncio.Queue[dict[str, Any]] | None = asyncio.Queue()
+        self.lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
 
     async def start(self, channel: str) -> CountingSubscriber:
         loop = asyncio.get_running_loop()
@@ -73,9 +74,11 @@ class CountingSubscriber(asyncio.Protocol):
         await self._expect(ACTION_CONNECTED)
         self.send({"action": ACTION_ATTACH, "channel": channel})
         await self._expect(ACTION_ATTACHED)
+        self.frames = None
         return self
 
     async def _expect(self, action: int) -> None:
+        assert self.frames is not None
         waiter = asyncio.ensure_future(self.frames.get())
         done, _ = await asyncio.wait({waiter, self.lost}, timeout=30, return_when="FIRST_COMPLETED")
         if waiter not in done:
@@ -107,7 +110,10 @@ class CountingSubscriber(asyncio.Protocol):
             if end < 0:
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
-                raise common.BenchError(f"subscriber: upgrade refused: {bytes(buffer[:200])!r}")
+                self.connection_lost(common.BenchError(f"upgrade refused: {bytes(buffer[:200])!r}"))
+                assert self.transport is not None
+                self.transport.close()
+                return
             self.upgraded = True
             offset = end + 4
         size = len(buffer)
@@ -131,7 +137,7 @@ class CountingSubscriber(asyncio.Protocol):
                     self.last_arrival = time.time()
                     if self.sampled:
                         self._sample(bytes(buffer[start:offset]))
-                else:
+                elif self.frames is not None:
                     self.frames.put_nowait(json.loads(bytes(buffer[start:offset])))
             elif opcode == OP_PING:
                 assert self.transport is not None
