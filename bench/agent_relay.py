@@ -620,8 +620,8 @@ LATENCY_TARGET_MS = 50.0
 
 
 def agent_connections(conversations: int) -> int:
-    # The agent's default pool is 4; a conversation hashes to a connection, so leave headroom
-    # under the 200-channel ceiling for an uneven spread.
+    # The agent's default pool is 4; beyond 4 x 150 conversations, enough connections to stay
+    # well under the 200-channel ceiling.
     return max(4, math.ceil(conversations / 150))
 
 
@@ -655,47 +655,46 @@ async def bench(
     naive_ns = default_naive_ns if naive_ns is None else naive_ns
     outcomes: list[Outcome] = []
     skipped: list[int] = []
+
+    async def measure(scenario: Scenario) -> Outcome:
+        common.note(
+            f"{scenario.label}: {scenario.conversations} conversations on "
+            f"{scenario.connections} connection(s) ..."
+        )
+        outcome = await run_scenario(scenario, env, workdir)
+        outcomes.append(outcome)
+        _progress(outcome)
+        return outcome
+
     for n in agent_ns:
         if outcomes and outcomes[-1].collapsed:
             # Past a collapse a larger N only measures the same overload for longer.
             skipped.append(n)
             continue
-        scenario = Scenario("agent", n, reply_tokens, connections=agent_connections(n))
-        common.note(f"agent relay: {n} conversations on {scenario.connections} connections ...")
-        outcomes.append(await run_scenario(scenario, env, workdir))
-        _progress(outcomes[-1])
+        await measure(Scenario("agent", n, reply_tokens, connections=agent_connections(n)))
     if not tiny:
         # Latency is a matter of connections: Ably allows 50 msg/s per connection and a reply
-        # flushed every 50 ms wants 20, so a connection carries two replies at full pace.
-        # The same agent with one connection per two conversations, while the CPU keeps up.
+        # flushed every 50 ms wants 20, so a connection carries two replies at full pace. Then
+        # the floor: a connection each and no flush window, every delta sent as it comes
+        # (27 msg/s per reply, within the limit), i.e. the naive publisher's message count.
         for n in LATENCY_NS:
             connections = math.ceil(n / REPLIES_PER_CONNECTION_AT_FULL_PACE)
-            scenario = Scenario(
-                "agent", n, reply_tokens, connections=connections, variant="2 conv/conn"
+            await measure(
+                Scenario("agent", n, reply_tokens, connections=connections, variant="2 conv/conn")
             )
-            common.note(f"agent relay: {n} conversations on {connections} connections ...")
-            outcomes.append(await run_scenario(scenario, env, workdir))
-            _progress(outcomes[-1])
-        # The floor: a connection per conversation and no flush window, every delta sent as it
-        # comes (27 msg/s per reply, within the limit), i.e. the naive publisher's message count.
         for n in FLOOR_NS:
-            scenario = Scenario(
-                "agent",
-                n,
-                reply_tokens,
-                connections=n,
-                flush_window=0.0,
-                variant="1 conv/conn, flush 0",
+            await measure(
+                Scenario(
+                    "agent",
+                    n,
+                    reply_tokens,
+                    connections=n,
+                    flush_window=0.0,
+                    variant="1 conv/conn, flush 0",
+                )
             )
-            common.note(f"agent relay: {n} conversations on {n} connections, flush 0 ...")
-            outcomes.append(await run_scenario(scenario, env, workdir))
-            _progress(outcomes[-1])
     for n in naive_ns:
-        scenario = Scenario("naive", n, reply_tokens, connections=1)
-        common.note(f"naive publisher: {n} conversations on 1 connection ...")
-        outcome = await run_scenario(scenario, env, workdir)
-        outcomes.append(outcome)
-        _progress(outcome)
+        outcome = await measure(Scenario("naive", n, reply_tokens, connections=1))
         if not outcome.within_limits:
             break  # Larger N only breaks the limits harder.
 

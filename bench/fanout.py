@@ -48,8 +48,13 @@ class CountingSubscriber(asyncio.Protocol):
 
     def __init__(self, port: int, client_id: str, *, sampled: bool) -> None:
         query = urlencode(
-            {"key": common.DEV_ABLY_KEY, "clientId": client_id, "format": "json", "v": "5"}
-            | {"heartbeats": "false"}
+            {
+                "key": common.DEV_ABLY_KEY,
+                "clientId": client_id,
+                "format": "json",
+                "heartbeats": "false",
+                "v": "5",
+            }
         )
         self.request = (
             f"GET /?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"

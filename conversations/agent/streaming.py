@@ -59,7 +59,6 @@ class RateLimiter:
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self.rate = rate
         # `burst + refill` per second is the ceiling; below 3/s there is no room for a burst
         # and the limiter just spaces its sends 1/rate apart.
         self.burst = max(1, min(burst, int(rate) - 1))

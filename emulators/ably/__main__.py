@@ -7,9 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
 
 import uvicorn
+import uvloop
 
 from .config import DEFAULT_KEY, HubConfig, NamespaceRule
 from .server import KEEP_ALIVE_SECONDS, AblyApp, listening_socket
@@ -93,16 +93,6 @@ def config_from_args(args: argparse.Namespace) -> HubConfig:
     return config
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed, as uvicorn's own `run()` would pick: the stand-in's work is
-    mostly socket writes (one per frame per subscriber), which uvloop does for less CPU."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -183,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 tls_server.should_exit = True
             await tls_serving
 
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+    # uvloop, as uvicorn's own `run()` would pick: the stand-in's work is mostly socket writes
+    # (one per frame per subscriber).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
     return 0
 

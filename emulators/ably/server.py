@@ -69,8 +69,8 @@ class _DirectWriter:
     """Synchronous frame writes straight into uvicorn's sans-I/O websocket protocol.
 
     Fan-out is dominated by per-frame task switches through the ASGI `send` coroutine; when
-    the transport is writable, that coroutine does nothing asynchronous, so we do the same
-    steps inline and hand the kernel all of a flush's frames for one socket in one write.
+    the transport is writable, that coroutine does nothing asynchronous, so we write the
+    finished websocket frames ourselves: all of a flush's frames for one socket in one write.
     Anything unexpected (another uvicorn implementation, back-pressure, closing) falls back
     to the ASGI path, which stays the reference behaviour.
     """
@@ -81,7 +81,7 @@ class _DirectWriter:
     @classmethod
     def attach(cls, websocket: WebSocket) -> _DirectWriter | None:
         protocol = websocket.scope.get("ably.protocol")
-        needed = ("conn", "transport", "writable", "close_sent", "disconnected", "initial_response")
+        needed = ("transport", "writable", "close_sent", "disconnected", "initial_response")
         if protocol is None or not all(hasattr(protocol, name) for name in needed):
             return None
         return cls(protocol)
@@ -203,10 +203,22 @@ class AblyApp:
         self.flush()
 
     def flush(self) -> None:
-        # Frames shared by many recipients (a broadcast) are encoded once per wire format. The
-        # cache is keyed by object identity, valid only while these outboxes hold the frames.
-        encoded: dict[tuple[int, str], str | bytes] = {}
-        framed: dict[tuple[int, str], bytes] = {}
+        # Frames shared by many recipients (a broadcast) are encoded once per wire format, and
+        # framed once for the direct writes. The cache is keyed by object identity, valid only
+        # while these outboxes hold the frames.
+        cache: dict[tuple[int, str, bool], str | bytes] = {}
+
+        def encoded(frame: Any, wire_format: str, framed: bool) -> Any:
+            key = (id(frame), wire_format, framed)
+            data = cache.get(key)
+            if data is None:
+                if framed:
+                    data = _DirectWriter.frame(encoded(frame, wire_format, False))
+                else:
+                    data = encode_frame(frame, wire_format)
+                cache[key] = data
+            return data
+
         for transport_id, outbox in self.hub.take_outputs().items():
             sock = self.sockets.get(transport_id)
             if sock is None:
@@ -216,27 +228,14 @@ class AblyApp:
                 continue
             direct = sock.direct
             if direct and not sock.busy and sock.queue.empty() and direct.ready():
-                frames = []
-                for frame in outbox.frames:
-                    key = (id(frame), sock.wire_format)
-                    data = framed.get(key)
-                    if data is None:
-                        data = framed[key] = direct.frame(encode_frame(frame, sock.wire_format))
-                    frames.append(data)
                 try:
-                    direct.write(frames)
+                    direct.write([encoded(f, sock.wire_format, True) for f in outbox.frames])
                 except Exception:  # e.g. the peer went away mid-write: its reader reports it
                     log.debug("direct write failed", exc_info=True)
                 if outbox.close:
                     sock.queue.put_nowait(_Encoded([], close=True))
                 continue
-            payloads = []
-            for frame in outbox.frames:
-                key = (id(frame), sock.wire_format)
-                data = encoded.get(key)
-                if data is None:
-                    data = encoded[key] = encode_frame(frame, sock.wire_format)
-                payloads.append(data)
+            payloads = [encoded(f, sock.wire_format, False) for f in outbox.frames]
             sock.queue.put_nowait(_Encoded(payloads, outbox.close))
 
     async def _writer(self, sock: _Socket) -> None:

@@ -190,19 +190,46 @@ async def test_a_dropped_agent_connection_mid_reply_loses_and_doubles_nothing(
     assert (reply.status, reply.text) == ("complete", text)
 
 
+async def stream_through_window(
+    start_agent,
+    devices,
+    user,
+    conversation,
+    anthropic_server,
+    *,
+    pattern,
+    flush_window,
+    words,
+    tokens_per_second,
+):
+    """Stream `Say exactly: <words>` with this flush window; the reply and its text messages."""
+    anthropic_server.set_pacing(tokens_per_second=tokens_per_second)
+    await asyncio.to_thread(start_agent, streaming_pattern=pattern, flush_window=flush_window)
+    phone = await devices(user, conversation)
+    text = " ".join(f"piece{i}" for i in range(words))
+    prompt_id = await phone.prompt(f"Say exactly: {text}")
+    reply = await phone.final_reply(prompt_id, timeout=30)
+    assert reply.text == text
+    text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
+    return reply, text_messages
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 async def test_deltas_are_coalesced_per_flush_window(
     pattern, start_agent, devices, alice, conversation, anthropic_server
 ):
-    anthropic_server.set_pacing(tokens_per_second=100)
-    await asyncio.to_thread(start_agent, streaming_pattern=pattern, flush_window=0.25)
-    phone = await devices(alice, conversation)
-    text = " ".join(f"piece{i}" for i in range(60))
-    prompt_id = await phone.prompt(f"Say exactly: {text}")
-    reply = await phone.final_reply(prompt_id)
-    assert reply.text == text
+    _, text_messages = await stream_through_window(
+        start_agent,
+        devices,
+        alice,
+        conversation,
+        anthropic_server,
+        pattern=pattern,
+        flush_window=0.25,
+        words=60,
+        tokens_per_second=100,
+    )
     [request] = anthropic_server.messages_requests
-    text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
     # ~1.2 s of deltas in 0.25 s windows: a handful of messages instead of one per delta.
     assert len(text_messages) * 4 < request.events_sent
 
@@ -213,14 +240,17 @@ async def test_the_first_words_are_not_held_back_for_the_flush_window(
 ):
     # A window far longer than the whole reply: deltas are still coalesced behind it, but the
     # first one goes out when it arrives, so the words start appearing at once.
-    anthropic_server.set_pacing(tokens_per_second=20)
-    await asyncio.to_thread(start_agent, streaming_pattern=pattern, flush_window=5.0)
-    phone = await devices(alice, conversation)
-    text = " ".join(f"piece{i}" for i in range(12))
-    prompt_id = await phone.prompt(f"Say exactly: {text}")
-    reply = await phone.final_reply(prompt_id, timeout=30)
-    assert reply.text == text
-    text_messages = [n for n in reply.names if n in (events.Name.RESPONSE, events.Name.TOKEN)]
+    _, text_messages = await stream_through_window(
+        start_agent,
+        devices,
+        alice,
+        conversation,
+        anthropic_server,
+        pattern=pattern,
+        flush_window=5.0,
+        words=12,
+        tokens_per_second=20,
+    )
     # The first delta on its own, then everything that came during the window (after the
     # empty create, for message-per-response).
     created = 1 if pattern == "message-per-response" else 0

@@ -7,10 +7,10 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations import events
@@ -20,17 +20,6 @@ from conversations.agent.config import STREAMING_PATTERNS
 logger = logging.getLogger("conversations.agent")
 
 SERVICE_WAIT_SECONDS = 60.0
-
-
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed, as uvicorn picks for its servers: the agent's per-token
-    work is mostly socket reads and writes, which cost less CPU on it than on asyncio's
-    default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _reachable(url: str) -> bool:
@@ -202,7 +191,9 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         if options["wait_for_services"]:
             self._wait_for_services(config)
-        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        # uvloop, as uvicorn picks for its servers: the agent's per-token work is mostly socket
+        # reads and writes, which cost less CPU on it than on asyncio's default loop.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(self._run(config))
 
     def _wait_for_services(self, config: AgentConfig) -> None:
