@@ -148,11 +148,13 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
             api_message = getattr(error, "api_message", None) or getattr(error, "message", "")
             message = f"Claude could not handle this request: {api_message}"
         return ModelFailure(message, stop_reason="error", detail=str(error))
-    if isinstance(error, anthropic.APIConnectionError):
+    # Mid-stream, the SDK (from anthropic 2.17, when its own Stream reads the body) wraps a
+    # dropped connection in APIConnectionError: it is the same drop as the bare transport error.
+    if isinstance(error, anthropic.APIConnectionError) and not mid_stream:
         return ModelFailure(
             "Could not reach Claude. Please try again.", stop_reason="error", detail=repr(error)
         )
-    if isinstance(error, httpx2.HTTPError):
+    if isinstance(error, anthropic.APIConnectionError | httpx2.HTTPError):
         return ModelFailure(
             "The connection to Claude dropped before the reply finished. The text so far is "
             "kept; please send your message again.",

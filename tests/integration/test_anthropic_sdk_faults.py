@@ -29,6 +29,20 @@ def make_async_client(server, **options) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=server.base_url, **options)
 
 
+def transport_failure(error: BaseException) -> BaseException:
+    """The HTTP-level error behind a failure while reading a stream's body.
+
+    Up to anthropic 2.16 the SDK's `Stream` let the transport's own error (httpx2's
+    RemoteProtocolError, ReadTimeout) escape mid-stream; from 2.17 it raises its documented
+    `APIConnectionError` / `APITimeoutError` with that error as `__cause__`. Either way the
+    stand-in's fault must reach the client as the same transport failure.
+    """
+    if isinstance(error, anthropic.APIConnectionError):
+        assert error.__cause__ is not None, "the SDK error should carry the transport error"
+        return error.__cause__
+    return error
+
+
 # --- validation -------------------------------------------------------------------------------
 
 
@@ -237,12 +251,14 @@ def test_sync_midstream_error_via_create_stream(anthropic_server):
 async def test_dropped_connection_raises_remote_protocol_error(anthropic_server):
     client = make_async_client(anthropic_server, max_retries=2)
     received: list[str] = []
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises((httpx2.RemoteProtocolError, anthropic.APIConnectionError)) as caught:
         async with client.messages.stream(
             model=MODEL, max_tokens=500, messages=user(f"{QUESTION} [[fault:drop]]")
         ) as stream:
             async for text in stream.text_stream:
                 received.append(text)
+    assert isinstance(transport_failure(caught.value), httpx2.RemoteProtocolError)
+    assert not isinstance(caught.value, anthropic.APITimeoutError)
     assert len(received) == 3
     (request,) = anthropic_server.messages_requests
     assert request.outcome == "dropped"
@@ -259,12 +275,13 @@ def test_clean_eof_without_message_stop_leaves_stop_reason_unset(anthropic_serve
 
 def test_stall_longer_than_the_read_timeout_raises_read_timeout(anthropic_server):
     client = make_client(anthropic_server, timeout=httpx2.Timeout(5, read=0.3))
-    with pytest.raises(httpx2.ReadTimeout):
+    with pytest.raises((httpx2.ReadTimeout, anthropic.APITimeoutError)) as caught:
         with client.messages.stream(
             model=MODEL, max_tokens=500, messages=user(f"{QUESTION} [[fault:stall=3]]")
         ) as stream:
             for _ in stream.text_stream:
                 pass
+    assert isinstance(transport_failure(caught.value), httpx2.ReadTimeout)
 
 
 def test_stall_shorter_than_the_read_timeout_completes(anthropic_server):

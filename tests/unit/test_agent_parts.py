@@ -174,6 +174,12 @@ def test_failures_become_messages_a_user_can_act_on():
     assert "too many requests" in rate_limited.user_message
     dropped = claude.describe_failure(httpx2.RemoteProtocolError("peer closed"), mid_stream=True)
     assert "dropped" in dropped.user_message and "kept" in dropped.user_message
+    # The same drop as anthropic >= 2.17 reports it when its own Stream reads the body.
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
+    wrapped = anthropic.APIConnectionError(message="peer closed", request=request)
+    assert claude.describe_failure(wrapped, mid_stream=True).user_message == dropped.user_message
+    unreachable = claude.describe_failure(wrapped, mid_stream=False)
+    assert "Could not reach Claude" in unreachable.user_message
     stalled = claude.describe_failure(httpx2.ReadTimeout("no bytes"), mid_stream=True)
     assert "stopped responding" in stalled.user_message and "kept" in stalled.user_message
 
