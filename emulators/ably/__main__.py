@@ -11,6 +11,7 @@ import sys
 import uvicorn
 import uvloop
 
+from ..quiet_gc import take_over_full_collections
 from .config import DEFAULT_KEY, HubConfig, NamespaceRule
 from .server import KEEP_ALIVE_SECONDS, AblyApp, listening_socket
 
@@ -167,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" and https://{args.host}:{tls_sock.getsockname()[1]}" if tls_sock else "",
                 ", ".join(key.split(":")[0] for key in app.config.keys),
             )
+        # Full collections walk every connection's state: run them when the stand-in is quiet,
+        # not in the middle of a broadcast (emulators/quiet_gc.py).
+        collector = asyncio.create_task(take_over_full_collections().run())
         await serving
+        collector.cancel()
         if tls_serving is not None:
             if tls_server is not None:
                 tls_server.should_exit = True
