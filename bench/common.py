@@ -174,6 +174,12 @@ class Service:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def command(self, line: str) -> None:
+        """Send one line to the process's standard input."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
     def wait_for_output(self, marker: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while marker not in self.output():
