@@ -2,7 +2,7 @@
 
 CPython collects its oldest generation whenever enough new objects have survived into it, and a
 full collection walks every tracked object: in the Ably stand-in with 1,000 subscribers that is
-a 60-90 ms stop, landing wherever the burst that caused it happens to be. Real Ably does not
+a stop of up to ~90 ms, landing wherever the burst that caused it happens to be. Real Ably does not
 stall a channel like that, and a stand-in that does puts pauses into every latency measured
 through it (see docs/benchmarks.md, fan-out).
 
