@@ -8,7 +8,9 @@ driven by the same loopback generator (`bench.httpload`), fresh connection per r
 sync worker closes every connection anyway, as it does behind a proxy in production).
 
 Django runs as in production, bar the database (SQLite here): sessions are `cached_db` in
-Redis (`CACHE_URL`, default redis://127.0.0.1:6379/1) and database connections persist.
+Redis (`CACHE_URL`, default redis://127.0.0.1:6379/1) and database connections persist. A bare
+WSGI app (`bench.bare_wsgi`) under the same gunicorn configuration gives the ceiling one worker
+starts from on the machine at hand.
 """
 
 from __future__ import annotations
@@ -95,54 +97,44 @@ async def bench(tiny: bool, env: dict[str, str], workdir: Path) -> common.BenchR
     with common.services() as started:
         ably, ably_port = common.start_ably(workdir)
         started.append(ably)
-        web_port = common.free_port()
-        gunicorn = common.Service(
-            "gunicorn",
-            [
-                str(Path(common.PYTHON).parent / "gunicorn"),
-                "chatsite.wsgi",
-                "--workers",
-                "1",
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--log-level",
-                "warning",
-            ],
-            workdir,
-            env={
-                **env,
-                "ABLY_ENDPOINT": f"http://127.0.0.1:{ably_port}",
-                "ABLY_API_KEY": common.DEV_ABLY_KEY,
-            },
-        )
-        started.append(gunicorn)
-        common.wait_for_port(web_port, gunicorn.process, 30, gunicorn.log_path)
-        worker_pid = _gunicorn_worker(gunicorn.pid)
+        web_env = {
+            **env,
+            "ABLY_ENDPOINT": f"http://127.0.0.1:{ably_port}",
+            "ABLY_API_KEY": common.DEV_ABLY_KEY,
+        }
+        web_port, worker_pid = _start_gunicorn(started, "chatsite.wsgi", workdir, web_env)
 
         def is_jwt(body: bytes) -> bool:
             return body.rstrip().rsplit(b"\r\n\r\n", 1)[-1].count(b".") == 2
+
+        async def measure(port: int, pid: int, request: bytes) -> tuple[httpload.LoadResult, float]:
+            # Warm up (imports, first queries) outside the measurement.
+            await httpload.load(port, lambda _i: request, seconds=0.3, concurrency=2)
+            cpu_before = common.cpu_seconds(pid)
+            result = await httpload.load(
+                port, lambda _i: request, seconds=seconds, concurrency=concurrency, check=is_jwt
+            )
+            return result, common.cpu_seconds(pid) - cpu_before
 
         cases = [
             ("/ably/token (all conversations)", "/ably/token"),
             ("/ably/token?conversation=<id>", f"/ably/token?conversation={conversation_id}"),
         ]
         for label, path in cases:
-            request = _get(path, cookie)
-            # Warm up (imports, first queries) outside the measurement.
-            await httpload.load(web_port, lambda _i, r=request: r, seconds=0.3, concurrency=2)
-            cpu_before = common.cpu_seconds(worker_pid)
-            result = await httpload.load(
-                web_port,
-                lambda _i, r=request: r,
-                seconds=seconds,
-                concurrency=concurrency,
-                check=is_jwt,
-            )
-            server_cpu = common.cpu_seconds(worker_pid) - cpu_before
+            result, server_cpu = await measure(web_port, worker_pid, _get(path, cookie))
             rows.append(_row(label, "gunicorn, 1 sync worker", result, server_cpu))
             figures[path.split("?")[0] + ("?conversation" if "?" in path else "")] = _figures(
                 result, server_cpu
             )
+
+        # The same server configuration with nothing behind it: the ceiling any Django view on
+        # one worker starts from, on this machine.
+        bare_port, bare_pid = _start_gunicorn(started, "bench.bare_wsgi", workdir, env)
+        result, server_cpu = await measure(bare_port, bare_pid, _get("/ably/token", cookie))
+        rows.append(
+            _row("bare WSGI app (no Django)", "gunicorn, 1 sync worker", result, server_cpu)
+        )
+        figures["bare_wsgi"] = _figures(result, server_cpu)
 
         # The stand-in is one asyncio process; a TokenRequest is single-use, so sign plenty.
         expected = int((1000 if tiny else 3000) * seconds)
@@ -191,12 +183,15 @@ async def bench(tiny: bool, env: dict[str, str], workdir: Path) -> common.BenchR
     token_rps = figures["/ably/token"]["requests_per_second"]
     exchange_rps = figures["token_request_exchange"]["requests_per_second"]
     cpu_ms = figures["/ably/token"]["server_cpu_ms_per_request"]
+    bare = figures["bare_wsgi"]
     summary = (
         f"/ably/token {common.fmt(token_rps, 0)} req/s on one gunicorn worker, sessions "
         f"{_session_backend()} in Redis (target >= 1,500: "
         f"{'met' if token_rps >= 1500 else 'NOT met'}; {common.fmt(cpu_ms)} ms CPU/request = "
         f"{common.fmt(1000 / cpu_ms if cpu_ms else math.nan, 0)} req/s per CPU-second); "
-        f"TokenRequest exchange at the stand-in {common.fmt(exchange_rps, 0)} req/s"
+        f"TokenRequest exchange at the stand-in {common.fmt(exchange_rps, 0)} req/s; a bare "
+        f"WSGI app on the same worker {common.fmt(bare['requests_per_second'], 0)} req/s "
+        f"({common.fmt(bare['server_cpu_ms_per_request'], 2)} ms CPU/request)"
     )
     return common.BenchResult("token_endpoint", summary, figures)
 
@@ -223,6 +218,31 @@ def _session_backend() -> str:
     from django.conf import settings
 
     return settings.SESSION_ENGINE.rsplit(".", 1)[-1]
+
+
+def _start_gunicorn(
+    started: list[common.Service], app: str, workdir: Path, env: dict[str, str]
+) -> tuple[int, int]:
+    """gunicorn with one sync worker serving `app`: its port and its worker's pid."""
+    port = common.free_port()
+    gunicorn = common.Service(
+        f"gunicorn-{app}",
+        [
+            str(Path(common.PYTHON).parent / "gunicorn"),
+            app,
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        workdir,
+        env=env,
+    )
+    started.append(gunicorn)
+    common.wait_for_port(port, gunicorn.process, 30, gunicorn.log_path)
+    return port, _gunicorn_worker(gunicorn.pid)
 
 
 def _gunicorn_worker(master_pid: int) -> int:
