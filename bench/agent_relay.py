@@ -424,9 +424,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             if scenario.publisher == "agent":
                 await _publish_prompts(clients, channels, prompts_by_device)
             else:
-                assert publisher.process.stdin is not None
-                publisher.process.stdin.write(b"go\n")
-                publisher.process.stdin.flush()
+                publisher.command("go")
             try:
                 await asyncio.wait_for(devices.all_stopped.wait(), deadline_seconds)
             except TimeoutError:

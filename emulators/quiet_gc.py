@@ -54,7 +54,6 @@ class QuietCollector:
         self._collect = collect
         self._last_wall = self._last_collection = wall_clock()
         self._last_cpu = cpu_clock()
-        self.collections = 0
 
     def check(self) -> bool:
         """Collect the oldest generation if it is due; True if it did."""
@@ -67,7 +66,6 @@ class QuietCollector:
         if busy_share > self.quiet_cpu_share and not overdue:
             return False
         self._collect(2)
-        self.collections += 1
         # The collection's own CPU must not make the next window look busy.
         self._last_wall = self._last_collection = self._wall_clock()
         self._last_cpu = self._cpu_clock()

@@ -22,6 +22,12 @@ class FakeProcess:
         self.wall += seconds
         self.cpu += seconds * busy_share
 
+    def tick(self, collector: QuietCollector, *, busy_share: float, promoted: int = 0) -> bool:
+        """Half a second of work that promotes `promoted` objects, then the periodic check."""
+        self.promoted += promoted
+        self.run_for(0.5, busy_share=busy_share)
+        return collector.check()
+
     def collect(self, generation: int) -> None:
         self.collected.append(generation)
         self.promoted = 0
@@ -40,33 +46,24 @@ class FakeProcess:
 def test_a_busy_process_is_not_stopped_for_a_full_collection():
     process = FakeProcess()
     collector = process.collector(max_interval=60)
-    process.promoted = 5
     for _ in range(20):  # ten seconds of a busy broadcast loop
-        process.run_for(0.5, busy_share=0.4)
-        assert collector.check() is False
+        assert process.tick(collector, busy_share=0.4, promoted=1) is False
     assert process.collected == []
 
 
 def test_it_collects_the_oldest_generation_once_the_process_goes_quiet():
     process = FakeProcess()
     collector = process.collector()
-    process.promoted = 5
-    process.run_for(0.5, busy_share=0.6)
-    assert collector.check() is False
-    process.run_for(0.5, busy_share=0.01)
-    assert collector.check() is True
+    assert process.tick(collector, busy_share=0.6, promoted=5) is False
+    assert process.tick(collector, busy_share=0.01) is True
     assert process.collected == [2]
 
 
 def test_the_collection_s_own_cpu_does_not_make_the_next_window_busy():
     process = FakeProcess()
     collector = process.collector()
-    process.promoted = 5
-    process.run_for(0.5, busy_share=0.0)
-    assert collector.check() is True
-    process.promoted = 5
-    process.run_for(0.5, busy_share=0.0)
-    assert collector.check() is True
+    assert process.tick(collector, busy_share=0.0, promoted=5) is True
+    assert process.tick(collector, busy_share=0.0, promoted=5) is True
     assert process.collected == [2, 2]
 
 
@@ -74,20 +71,18 @@ def test_nothing_promoted_means_nothing_to_collect_even_when_idle():
     process = FakeProcess()
     collector = process.collector()
     for _ in range(10):
-        process.run_for(0.5, busy_share=0.0)
-        assert collector.check() is False
+        assert process.tick(collector, busy_share=0.0) is False
     assert process.collected == []
 
 
 def test_under_constant_load_it_still_collects_once_per_max_interval():
     process = FakeProcess()
     collector = process.collector(max_interval=60)
-    collected_at = []
-    for tick in range(1, 400):  # 200 s of constant load, garbage promoted all along
-        process.promoted += 1
-        process.run_for(0.5, busy_share=0.9)
-        if collector.check():
-            collected_at.append(tick * 0.5)
+    collected_at = [
+        tick * 0.5
+        for tick in range(1, 400)  # 200 s of constant load, garbage promoted all along
+        if process.tick(collector, busy_share=0.9, promoted=1)
+    ]
     assert collected_at == [60.0, 120.0, 180.0]
 
 
