@@ -10,7 +10,10 @@ Nothing here touches a socket, a clock or global randomness. The adapter (`serve
    without ending the body) instructions, and `message()` is the non-streaming JSON body.
 
 Token counts use a small word/punctuation tokenizer (`tokenize`), so usage is consistent with the
-text: `output_tokens` is exactly the number of tokens in every delta sent.
+text: `output_tokens` is exactly the number of tokens in every delta sent. Images and documents
+are decoded and priced by `media.py` (the API's documented rules); prompt caching is decided by
+`caching.PromptCache`, which the adapter owns and feeds its clock (`prompt_segments` gives it
+the request's blocks and breakpoints).
 """
 
 from __future__ import annotations
@@ -23,9 +26,18 @@ import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from emulators.anthropic.caching import (
+    MAX_BREAKPOINTS,
+    CacheUsage,
+    Segment,
+    chain_digest,
+)
+from emulators.anthropic.media import InvalidMedia, Media, analyze, check_block
 from emulators.anthropic.replies import Composition, compose_reply
+from emulators.anthropic.tokens import count_tokens, tokenize
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
@@ -124,8 +136,10 @@ class ApiError(Exception):
         *,
         error_type: str | None = None,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         self.status = status
+        self.details = dict(details) if details else None
         self.error_type = error_type or ERROR_TYPES.get(status, "api_error")
         self.message = message or ERROR_MESSAGES.get(self.error_type, "Error")
         # The real API tells the SDK not to retry client errors, except the ones worth retrying.
@@ -136,34 +150,24 @@ class ApiError(Exception):
 
     def body(self, request_id: str) -> dict[str, Any]:
         """The JSON error body the real API sends for this error."""
-        return error_body(self.error_type, self.message, request_id)
+        return error_body(self.error_type, self.message, request_id, self.details)
 
 
-def error_body(error_type: str, message: str, request_id: str) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "error": {"type": error_type, "message": message},
-        "request_id": request_id,
-    }
+def error_body(
+    error_type: str,
+    message: str,
+    request_id: str,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if details:
+        # SDK 2.12 raises a typed subclass from `details.error_code` (e.g. image dimensions).
+        error["details"] = dict(details)
+    return {"type": "error", "error": error, "request_id": request_id}
 
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, message, error_type="invalid_request_error")
-
-
-# --- tokens -----------------------------------------------------------------------------------
-
-# Every character belongs to exactly one token, so "".join(tokenize(s)) == s.
-_TOKEN_RE = re.compile(r"\s*[A-Za-z]+|\s*\d{1,3}|\s*[^\sA-Za-z\d]|\s+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into tokens: a word, up to three digits or one symbol, with leading space."""
-    return _TOKEN_RE.findall(text)
-
-
-def count_tokens(text: str) -> int:
-    return len(tokenize(text))
 
 
 # --- request model ----------------------------------------------------------------------------
@@ -219,8 +223,15 @@ class MessagesRequest:
     thinking_budget: int | None = None
     stop_sequences: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Every image and document, decoded and checked (see media.py), in request order.
+    media: tuple[Media, ...] = field(default=(), compare=False, repr=False)
 
-    @property
+    @cached_property
+    def segments(self) -> list[Segment]:
+        """The prompt block by block, for token counting and prompt caching."""
+        return prompt_segments(self)
+
+    @cached_property
     def seed(self) -> int:
         """A stable seed from everything that shapes the reply (but not from `stream`)."""
         shaping = {key: value for key, value in self.raw.items() if key != "stream"}
@@ -309,6 +320,13 @@ def parse_messages_request(
             f"max_tokens: {max_tokens} > {limit}, which is the maximum allowed "
             f"number of output tokens for {model}"
         )
+    _check_breakpoints(data, turns)
+    try:
+        media = analyze(turns)
+    except InvalidMedia as error:
+        raise ApiError(
+            400, error.message, error_type="invalid_request_error", details=error.details
+        ) from None
     return MessagesRequest(
         model=model,
         max_tokens=max_tokens,
@@ -320,6 +338,7 @@ def parse_messages_request(
         thinking_budget=thinking_budget,
         stop_sequences=stop_sequences,
         raw=data,
+        media=media,
     )
 
 
@@ -395,8 +414,70 @@ def _parse_content(content: Any, path: str) -> list[dict[str, Any]]:
                 raise _invalid(f"{path}.{index}.text: Field required")
             if not block["text"]:
                 raise _invalid(f"{path}.{index}.text: text content blocks must be non-empty")
+        _check_cache_control(block, f"{path}.{index}.{block['type']}")
+        _check_media_shape(block, f"{path}.{index}")
+        if block["type"] == "tool_result" and isinstance(block.get("content"), list):
+            for inner_index, inner in enumerate(block["content"]):
+                if isinstance(inner, dict):
+                    inner_path = f"{path}.{index}.tool_result.content.{inner_index}"
+                    _check_cache_control(inner, inner_path)
+                    _check_media_shape(inner, inner_path)
         blocks.append(block)
     return blocks
+
+
+def _check_media_shape(block: Mapping[str, Any], path: str) -> None:
+    if block.get("type") in ("image", "document"):
+        try:
+            check_block(block, path)
+        except InvalidMedia as error:
+            raise _invalid(error.message) from None
+
+
+def _check_cache_control(block: Mapping[str, Any], path: str) -> None:
+    """`cache_control` is `{"type": "ephemeral"}` with an optional `ttl` of "5m" or "1h"."""
+    value = block.get("cache_control")
+    if value is None:
+        return
+    where = f"{path}.cache_control" if path else "cache_control"
+    if not isinstance(value, dict):
+        raise _invalid(f"{where}: Input should be a valid dictionary")
+    if value.get("type") != "ephemeral":
+        raise _invalid(f"{where}.ephemeral.type: Input should be 'ephemeral'")
+    if value.get("ttl", "5m") not in ("5m", "1h"):
+        raise _invalid(f"{where}.ephemeral.ttl: Input should be '5m' or '1h'")
+
+
+def _check_breakpoints(data: Mapping[str, Any], turns: Sequence[Turn]) -> None:
+    """At most 4 breakpoints (the automatic one counts); longer TTLs before shorter ones."""
+    system = data.get("system")
+    ordered: list[Any] = [
+        *(data.get("tools") or []),
+        *(system if isinstance(system, list) else []),
+        *(block for turn in turns for block in turn.blocks),
+    ]
+    ttls = [ttl for ttl in map(_ttl, ordered) if ttl]
+    automatic = data.get("cache_control")
+    if automatic is not None:
+        _check_cache_control(data, "")
+        # The automatic breakpoint takes a slot of its own unless the last block has one.
+        last = turns[-1].blocks[-1] if turns[-1].blocks else None
+        if last is None or _ttl(last) is None:
+            ttls.append(str(automatic.get("ttl", "5m")))
+    if len(ttls) > MAX_BREAKPOINTS:
+        raise _invalid(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(ttls)}."
+        )
+    seen_5m = False
+    for ttl in ttls:
+        if ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            raise _invalid(
+                "cache_control: a ttl='1h' cache_control block must not come after a ttl='5m' "
+                "cache_control block (longer TTLs must come first)"
+            )
 
 
 def _parse_system(system: Any) -> str:
@@ -411,6 +492,7 @@ def _parse_system(system: Any) -> str:
                 raise _invalid(f"system.{index}.type: Input should be 'text'")
             if not isinstance(block.get("text"), str):
                 raise _invalid(f"system.{index}.text: Field required")
+            _check_cache_control(block, f"system.{index}")
             texts.append(block["text"])
         return "\n".join(texts)
     raise _invalid("system: Input should be a valid string or a valid list")
@@ -428,6 +510,7 @@ def _parse_tools(tools: Any) -> tuple[Tool, ...]:
     for index, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise _invalid(f"tools.{index}: Input should be a valid dictionary")
+        _check_cache_control(tool, f"tools.{index}")
         name = tool.get("name")
         if not isinstance(name, str):
             raise _invalid(f"tools.{index}.custom.name: Field required")
@@ -505,18 +588,116 @@ def _parse_thinking(thinking: Any, max_tokens: int, for_count_tokens: bool) -> i
 
 
 def input_tokens(request: MessagesRequest) -> int:
-    """Tokens in everything the model would read: system, every turn, and the tool definitions."""
-    total = 3 + count_tokens(request.system)
-    for turn in request.turns:
-        total += 4
-        for block in turn.blocks:
-            if block.get("type") == "text":
-                total += count_tokens(str(block.get("text", "")))
-            else:
-                total += count_tokens(json.dumps(block, sort_keys=True))
-    for tool in request.tools:
-        total += count_tokens(tool.name + tool.description + json.dumps(tool.input_schema))
-    return total
+    """Tokens in everything the model would read: tools, system, every turn and attachment."""
+    return sum(segment.tokens for segment in request.segments)
+
+
+# Per-request and per-turn framing tokens, as a chat template adds them.
+REQUEST_OVERHEAD_TOKENS = 3
+TURN_OVERHEAD_TOKENS = 4
+
+
+def prompt_segments(request: MessagesRequest) -> list[Segment]:
+    """The prompt block by block in reading order (tools, system, messages) for prompt caching:
+    each block's tokens, the digest of the prefix ending with it, and its breakpoint TTL."""
+    media_tokens: dict[tuple[int, int], int] = {}
+    for media in request.media:
+        key = (media.turn, media.block)
+        media_tokens[key] = media_tokens.get(key, 0) + media.tokens
+    segments: list[Segment] = []
+    digest = b""
+    for canonical, tokens, ttl in _prompt_blocks_from(request.raw, request.turns, media_tokens):
+        digest = chain_digest(digest, canonical)
+        segments.append(Segment(tokens=tokens, digest=digest, ttl=ttl))
+    return segments
+
+
+def _prompt_blocks_from(
+    data: Mapping[str, Any],
+    turns: Sequence[Turn],
+    media_tokens: Mapping[tuple[int, int], int] | None = None,
+) -> list[tuple[bytes, int, str | None]]:
+    """(canonical bytes, tokens, breakpoint TTL) for every block of an already-validated body."""
+    blocks: list[tuple[bytes, int, str | None]] = []
+    for tool in data.get("tools") or []:
+        if tool.get("type", "custom") == "custom":
+            tokens = count_tokens(
+                str(tool.get("name", ""))
+                + str(tool.get("description", ""))
+                + json.dumps(tool.get("input_schema"))
+            )
+        else:
+            tokens = count_tokens(json.dumps(_without_cache_control(tool), sort_keys=True))
+        blocks.append((_canonical(["tool", tool]), tokens, _ttl(tool)))
+    system = data.get("system")
+    system_blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system or []
+    for block in system_blocks:
+        blocks.append((_canonical(["system", block]), count_tokens(block["text"]), _ttl(block)))
+    # Changing tool_choice or thinking invalidates the cached messages (not tools or system).
+    settings = _canonical([data.get("tool_choice"), data.get("thinking")])
+    for turn_index, turn in enumerate(turns):
+        framing = TURN_OVERHEAD_TOKENS
+        if not turn.blocks:
+            blocks.append((_canonical([turn.role]) + settings, framing, None))
+        for block_index, block in enumerate(turn.blocks):
+            tokens = framing + _block_tokens(
+                block, (media_tokens or {}).get((turn_index, block_index), 0)
+            )
+            canonical = _canonical([turn.role, block_index, block]) + settings
+            blocks.append((canonical, tokens, _ttl(block)))
+            framing = 0
+        settings = b""
+    if blocks:
+        canonical, tokens, ttl = blocks[0]
+        blocks[0] = (canonical, tokens + REQUEST_OVERHEAD_TOKENS, ttl)
+        automatic = data.get("cache_control")
+        if isinstance(automatic, dict):
+            # Automatic caching: one breakpoint on the last block, moving forward as it grows.
+            canonical, tokens, ttl = blocks[-1]
+            blocks[-1] = (canonical, tokens, ttl or str(automatic.get("ttl", "5m")))
+    return blocks
+
+
+def _block_tokens(block: Mapping[str, Any], media: int) -> int:
+    kind = block.get("type")
+    if kind == "text":
+        return count_tokens(str(block.get("text", "")))
+    if kind in ("image", "document"):
+        return media
+    if kind == "tool_result" and isinstance(block.get("content"), list):
+        rest = [
+            item
+            for item in block["content"]
+            if not (isinstance(item, dict) and item.get("type") in ("image", "document"))
+        ]
+        stripped = {**_without_cache_control(block), "content": rest}
+        return count_tokens(json.dumps(stripped, sort_keys=True)) + media
+    return count_tokens(json.dumps(_without_cache_control(block), sort_keys=True))
+
+
+def _ttl(block: Any) -> str | None:
+    """The breakpoint TTL a block sets (one inside a tool result's content counts for it)."""
+    if not isinstance(block, dict):
+        return None
+    control = block.get("cache_control")
+    if isinstance(control, dict):
+        return str(control.get("ttl", "5m"))
+    if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+        return next((ttl for ttl in map(_ttl, block["content"]) if ttl), None)
+    return None
+
+
+def _without_cache_control(value: Any) -> Any:
+    """The block as the model reads it: moving a breakpoint does not change the prefix."""
+    if isinstance(value, dict):
+        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_cache_control(item) for item in value]
+    return value
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(_without_cache_control(value), sort_keys=True, separators=(",", ":")).encode()
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -686,6 +867,7 @@ class Generation:
         tool_id: str = "toolu_01",
         pacing: Pacing | None = None,
         fault: Fault | None = None,
+        cache: CacheUsage | None = None,
     ) -> None:
         self.request = request
         self.message_id = message_id
@@ -694,6 +876,8 @@ class Generation:
         self.fault = fault
         self.composition: Composition = compose_reply(request)
         self.input_tokens = input_tokens(request)
+        # Prompt caching is decided by the adapter's cache (it has the clock); none: uncached.
+        self.cache = cache or CacheUsage.uncached(self.input_tokens)
         self.stop_reason, self.stop_sequence, self._blocks = self._plan(tool_id)
         self.output_tokens = sum(len(block.tokens) for block in self._blocks)
 
@@ -819,7 +1003,12 @@ class Generation:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+                "usage": {
+                    "input_tokens": self.cache.input_tokens,
+                    "cache_creation_input_tokens": self.cache.cache_creation_input_tokens,
+                    "cache_read_input_tokens": self.cache.cache_read_input_tokens,
+                    "output_tokens": self.output_tokens,
+                },
             },
         )
         yield SseEvent("message_stop", {"type": "message_stop"})
@@ -892,11 +1081,8 @@ class Generation:
             "stop_reason": None if start else self.stop_reason,
             "stop_sequence": None if start else self.stop_sequence,
             "usage": {
-                "input_tokens": self.input_tokens,
+                **self.cache.as_dict(),
                 "output_tokens": 1 if start else self.output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 "service_tier": "standard",
             },
         }

@@ -8,6 +8,9 @@ and returns the same `Composition` for the same request. In order it recognises:
   with the transcript as the prompt) -> a few relevant words, no quotes;
 - a tool offered that the prompt asks for (or `tool_choice` any/tool) -> a `tool_use` call;
 - "say exactly: X" / "repeat after me: X" -> X verbatim (handy for tests);
+- images and documents in the last user turn (or earlier ones, when the prompt asks about an
+  image/PDF/document) -> what the stand-in saw: an image's pixel size, format and dominant
+  colour; a PDF's page count and first line of text; a text document's first line;
 - questions about the conversation: "what was my first message?", "what did I just say?",
   "what is my name?" (after "my name is ..."), "what is your system prompt?", "summarize our
   conversation", "how many messages ...";
@@ -54,6 +57,7 @@ from emulators.anthropic.snippets import code_block, wants_code
 
 if TYPE_CHECKING:
     from emulators.anthropic.core import MessagesRequest, Tool
+    from emulators.anthropic.media import Media
 
 _FAULT_MARKER_RE = re.compile(r"\s*\[\[fault:[^\]]*\]\]\s*")
 
@@ -206,6 +210,7 @@ def compose_reply(request: MessagesRequest) -> Composition:
         _title,
         _tool_call,
         _say_exactly,
+        _about_attachments,
         _about_conversation,
         _count,
         _follow_up,
@@ -420,6 +425,63 @@ def _say_exactly(context: _Context) -> Composition | None:
 
 def _quote(text: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
+
+
+_ATTACHMENT_WORDS_RE = re.compile(
+    r"\b(images?|pictures?|photos?|screenshots?|pdfs?|documents?|files?|attachments?|attached|"
+    r"pages?|scans?|diagrams?|charts?)\b",
+    re.IGNORECASE,
+)
+_FORMAT_NAMES = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/gif": "GIF",
+    "image/webp": "WebP",
+}
+
+
+def _about_attachments(context: _Context) -> Composition | None:
+    """Describe the attachments the prompt brings (or asks about), deterministically."""
+    media = context.request.media
+    if not media:
+        return None
+    turns = context.request.turns
+    last_user = max(index for index, turn in enumerate(turns) if turn.role == "user")
+    shown = [item for item in media if item.turn == last_user]
+    if not shown:
+        if not _ATTACHMENT_WORDS_RE.search(context.prompt):
+            return None
+        latest = max(item.turn for item in media)
+        shown = [item for item in media if item.turn == latest]
+    if len(shown) == 1:
+        lines = [_describe(shown[0])]
+    else:
+        count = f"{len(shown)} attachments"
+        lines = [f"You shared {count}:", ""]
+        lines += [f"{index}. {_describe(item)}" for index, item in enumerate(shown, start=1)]
+    pronoun = "it" if len(shown) == 1 else "them"
+    lines += ["", f"Let me know what you'd like to do with {pronoun} next."]
+    return Composition("\n".join(lines))
+
+
+def _describe(item: Media) -> str:
+    if item.kind == "image":
+        animated = f", animated ({item.frames} frames)" if item.frames > 1 else ""
+        name = _FORMAT_NAMES.get(item.media_type, item.media_type)
+        return (
+            f"The image is a {item.width}x{item.height} {name}{animated}, mostly "
+            f"{item.colour} (`{item.colour_hex}`)."
+        )
+    title = f" \u201c{item.title}\u201d" if item.title else ""
+    first = (
+        f'its first line reads: "{item.first_line}"'
+        if item.first_line
+        else "it has no text I can extract"
+    )
+    if item.kind == "pdf":
+        pages = f"{item.pages} page" + ("" if item.pages == 1 else "s")
+        return f"The PDF{title} has {pages}; {first}."
+    return f"The text document{title} is plain text; {first}."
 
 
 def _about_conversation(context: _Context) -> Composition | None:

@@ -8,7 +8,10 @@ Routes:
   fail with that fault (same names as the `[[fault:...]]` prompt markers). `DELETE` clears them.
 - `POST /_emulator/pacing` `{"ttft_ms": 300, "tokens_per_second": 80}`.
 - `GET /_emulator/requests`: what was received (the newest 256), and how each request ended.
-- `POST /_emulator/reset`: forget requests and queued faults.
+- `POST /_emulator/reset`: forget requests, queued faults and the prompt cache.
+
+Prompt caching: `EmulatorState.prompt_cache` (see `caching.py`) lives as long as the server and
+is read and written with the injected `clock`, only for requests that get an answer.
 
 Every response, errors included, carries a `request-id` header.
 """
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from emulators.anthropic.caching import CacheUsage, PromptCache
 from emulators.anthropic.core import (
     MAX_BODY_BYTES,
     MODELS,
@@ -42,6 +47,7 @@ from emulators.anthropic.core import (
     Drop,
     Fault,
     Generation,
+    MessagesRequest,
     Pacing,
     Pause,
     check_auth,
@@ -62,6 +68,13 @@ log = logging.getLogger(__name__)
 
 # How many requests the stand-in remembers for `/_emulator/requests` and the test fixtures.
 REQUEST_LOG_LIMIT = 256
+# ...and how many body bytes: with images and PDFs (up to 32 MB a request) 256 whole bodies could
+# take gigabytes, so older records drop their bodies first (the newest one always keeps its own).
+REQUEST_LOG_BODY_BYTES = 64 * 1024 * 1024
+
+# Bodies larger than this (images, PDFs) are parsed on a worker thread, so decoding them does not
+# hold up the replies other clients are streaming.
+PARSE_IN_THREAD_BYTES = 256 * 1024
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -84,6 +97,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float = 0.0
+    body_bytes: int = 0
     status: int = 0
     fault: str | None = None
     # "completed", "aborted" (client went away mid-stream), "dropped", "error", "eof".
@@ -123,8 +137,14 @@ class EmulatorState:
     requests: deque[RecordedRequest] = field(
         default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT)
     )
+    prompt_cache: PromptCache = field(default_factory=PromptCache)
     _queued_faults: list[Fault] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def apply_prompt_cache(self, request: MessagesRequest, now: float) -> CacheUsage:
+        """Read and write the prompt cache for a request answered at `now`."""
+        with self._changed:
+            return self.prompt_cache.apply(request.model, request.segments, now)
 
     def queue_fault(self, fault: Fault | str, count: int = 1) -> None:
         if isinstance(fault, str):
@@ -150,6 +170,14 @@ class EmulatorState:
     def record(self, request: RecordedRequest) -> None:
         with self._changed:
             self.requests.append(request)
+            kept = sum(r.body_bytes for r in self.requests)
+            for older in list(self.requests)[:-1]:
+                if kept <= REQUEST_LOG_BODY_BYTES:
+                    break
+                if older.body_bytes:
+                    kept -= older.body_bytes
+                    older.body = f"<{older.body_bytes} bytes, dropped to bound memory>"
+                    older.body_bytes = 0
             self._changed.notify_all()
 
     def finish(self, request: RecordedRequest, outcome: str) -> None:
@@ -172,6 +200,7 @@ class EmulatorState:
         with self._changed:
             self.requests.clear()
             self._queued_faults.clear()
+            self.prompt_cache.clear()
             self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -257,6 +286,18 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def parse(body: bytes, *, for_count_tokens: bool) -> MessagesRequest:
+        def parse_now() -> MessagesRequest:
+            parsed = parse_messages_request(
+                body, for_count_tokens=for_count_tokens, max_body_bytes=state.max_body_bytes
+            )
+            _ = parsed.segments  # hash the prompt's blocks here too, off the event loop
+            return parsed
+
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            return await anyio.to_thread.run_sync(parse_now)
+        return parse_now()
+
     def start_record(request: Request, body: bytes) -> RecordedRequest:
         try:
             parsed: Any = json.loads(body) if body else None
@@ -269,6 +310,7 @@ def create_app(
             headers={name.lower(): value for name, value in request.headers.items()},
             body=parsed,
             received_at=clock(),
+            body_bytes=len(body),
         )
         state.record(record)
         return record
@@ -286,7 +328,7 @@ def create_app(
         record = start_record(request, body)
         try:
             check_auth(request.headers, state.require_key)
-            parsed = parse_messages_request(body, max_body_bytes=state.max_body_bytes)
+            parsed = await parse(body, for_count_tokens=False)
             fault = state.take_fault() or fault_for(parsed)
         except (ApiError, ValueError) as error:
             if isinstance(error, ValueError):  # a malformed [[fault:...]] marker
@@ -302,6 +344,8 @@ def create_app(
             return error_response(error, request_id)
         if fault is not None and fault.kind == "hang" and isinstance(fault.value, float):
             await sleep(fault.value)
+        # The API writes the cache once the response begins, so refused requests leave it alone.
+        cache = state.apply_prompt_cache(parsed, clock())
         generation = Generation(
             parsed,
             message_id=new_id("msg"),
@@ -309,6 +353,7 @@ def create_app(
             tool_id=new_id("toolu"),
             pacing=state.pacing,
             fault=fault,
+            cache=cache,
         )
         record.status = 200
         headers = {**common_headers(), "request-id": request_id}
@@ -321,11 +366,10 @@ def create_app(
         try:
             body = await read_body(request)
             check_auth(request.headers, state.require_key)
-            parsed = parse_messages_request(
-                body, for_count_tokens=True, max_body_bytes=state.max_body_bytes
-            )
+            parsed = await parse(body, for_count_tokens=True)
         except ApiError as error:
             return error_response(error, request_id)
+        # Like the API's count_tokens: every input token, cached or not, and no cache effects.
         return JSONResponse({"input_tokens": input_tokens(parsed)}, headers=common_headers())
 
     async def models(request: Request) -> Response:
@@ -527,9 +571,15 @@ class EmulatorServer:
     """Runs the app with uvicorn in a background thread on 127.0.0.1 and a free port."""
 
     def __init__(
-        self, state: EmulatorState | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        state: EmulatorState | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Clock = time.time,
     ) -> None:
         self.state = state or EmulatorState()
+        self.clock = clock
         self.host = host
         self._requested_port = port
         self.port = 0
@@ -546,7 +596,7 @@ class EmulatorServer:
         sock.bind((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.state),
+            create_app(self.state, clock=self.clock),
             lifespan="off",
             log_level="warning",
             access_log=False,

@@ -5,6 +5,8 @@ Fixtures (function-scoped, each a fresh server in a background thread on 127.0.0
 - `anthropic_server`: no pacing (replies stream as fast as the socket allows).
 - `anthropic_server_paced`: realistic pacing (50 ms to first token, 100 tokens/s), for tests
   that cancel a stream part-way or need a reply that takes a while.
+- `anthropic_server_manual_clock`: unpaced, with a clock that moves only when told
+  (`server.clock.advance(301)`), for prompt-cache expiry.
 
 Both yield an `AnthropicStandIn`; its API is stable:
 
@@ -23,7 +25,12 @@ Both yield an `AnthropicStandIn`; its API is stable:
     await server.wait_for_aborted_async(count=1, timeout=5)
     server.wait_until(lambda: len(server.messages_requests) == 2, timeout=5)    # any condition
     await server.wait_until_async(predicate, timeout=5)
-    server.reset()                         # forget requests and queued faults
+    server.reset()                         # forget requests, queued faults, the prompt cache
+    server.clock                           # the server's clock (a ManualClock in that fixture)
+    len(server.state.prompt_cache)         # cached prompt prefixes
+
+Attachments for tests: `emulators.anthropic.samples` makes PNG/JPEG/GIF/WebP images and PDFs in
+memory, and the matching content blocks (`image_block`, `pdf_block`, `text_document_block`).
 
 Per-request faults need no fixture call: put a marker in the last user message, e.g.
 `[[fault:529]]`, `[[fault:429=0.1]]` (retry-after 0.1 s), `[[fault:midstream-error]]`,
@@ -54,6 +61,10 @@ class AnthropicStandIn:
     def __init__(self, server: EmulatorServer) -> None:
         self._server = server
         self.state: EmulatorState = server.state
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._server.clock
 
     @property
     def base_url(self) -> str:
@@ -123,8 +134,21 @@ class AnthropicStandIn:
         self.state.reset()
 
 
-def _run(pacing: Pacing) -> Iterator[AnthropicStandIn]:
-    server = EmulatorServer(EmulatorState(pacing=pacing))
+class ManualClock:
+    """A wall clock for the stand-in that moves only when a test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _run(pacing: Pacing, clock: Callable[[], float] = time.time) -> Iterator[AnthropicStandIn]:
+    server = EmulatorServer(EmulatorState(pacing=pacing), clock=clock)
     server.start()
     try:
         yield AnthropicStandIn(server)
@@ -142,3 +166,9 @@ def anthropic_server() -> Iterator[AnthropicStandIn]:
 def anthropic_server_paced() -> Iterator[AnthropicStandIn]:
     """The Anthropic stand-in with realistic pacing (50 ms TTFT, 100 tokens/s)."""
     yield from _run(Pacing(ttft=0.05, tokens_per_second=100))
+
+
+@pytest.fixture
+def anthropic_server_manual_clock() -> Iterator[AnthropicStandIn]:
+    """The Anthropic stand-in, unpaced, on a `ManualClock` (`server.clock.advance(seconds)`)."""
+    yield from _run(Pacing(), ManualClock())

@@ -10,6 +10,7 @@ import pytest
 
 from emulators.anthropic.core import Pacing, count_tokens
 from emulators.anthropic.server import (
+    REQUEST_LOG_BODY_BYTES,
     REQUEST_LOG_LIMIT,
     EmulatorState,
     RecordedRequest,
@@ -124,3 +125,22 @@ def test_the_request_log_keeps_only_the_newest_requests() -> None:
     assert len(state.requests) == REQUEST_LOG_LIMIT
     assert state.requests[0].request_id == "req_5"
     assert state.requests[-1].request_id == f"req_{REQUEST_LOG_LIMIT + 4}"
+
+
+def test_the_request_log_drops_old_bodies_first_when_attachments_make_them_big():
+    state = EmulatorState()
+    size = REQUEST_LOG_BODY_BYTES // 2 + 1  # two such bodies are over the budget
+    for index in range(3):
+        state.record(
+            RecordedRequest(
+                request_id=f"req_{index}",
+                method="POST",
+                path="/v1/messages",
+                headers={},
+                body={"index": index},
+                body_bytes=size,
+            )
+        )
+    bodies = [record.body for record in state.requests]
+    assert bodies[-1] == {"index": 2}  # the newest keeps its body
+    assert all(isinstance(body, str) and "dropped" in body for body in bodies[:-1])
