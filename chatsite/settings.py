@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "conversations",
 ]
 
@@ -50,6 +51,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a locked-out log-in into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -79,8 +82,14 @@ DATABASES = {
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", env.bool("CONN_HEALTH_CHECKS", default=True))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The agent writes from other processes while the web server reads; wait instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # Several agent processes and web workers share the file. WAL lets readers run beside the
+    # one writer; IMMEDIATE takes the write lock when a transaction begins, so a writer waits
+    # out the busy timeout up front instead of failing with "database is locked" when a read
+    # transaction tries to upgrade; the timeout (seconds) is how long a writer waits its turn.
+    sqlite_options = DATABASES["default"].setdefault("OPTIONS", {})
+    sqlite_options.setdefault("timeout", env.float("SQLITE_BUSY_TIMEOUT", default=20.0))
+    sqlite_options.setdefault("transaction_mode", "IMMEDIATE")
+    sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
     # A file, not memory, so agent subprocesses started by tests share the test database; one
     # per test run, so runs side by side don't delete each other's.
     DATABASES["default"].setdefault(
@@ -100,6 +109,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login throttling (django-axes): the lockout check first, then the usual password check.
+AUTHENTICATION_BACKENDS = [
+    "conversations.throttling.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed log-ins are counted per account and, separately, per client IP; reaching the limit on
+# either locks it (the right password included) for LOGIN_LOCKOUT_MINUTES. Staff unlock early in
+# the admin ("Access attempts"). Failures are forgotten LOGIN_LOCKOUT_MINUTES after the last one.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+# Reverse proxies in front of the web server whose X-Forwarded-For is trusted for the client IP
+# (0: REMOTE_ADDR, which a client cannot forge). Behind a proxy set it, or every user shares it.
+LOGIN_TRUSTED_PROXY_COUNT = env.int("LOGIN_TRUSTED_PROXY_COUNT", default=0)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = "conversations.throttling.failure_limit"
+AXES_COOLOFF_TIME = "conversations.throttling.cool_off"
+# Not reset by a successful log-in: it would clear the IP's count too, so an attacker with an
+# account of their own could log into it between guesses at someone else's.
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "conversations.throttling.locked_out"
+AXES_USERNAME_CALLABLE = "conversations.throttling.attempted_username"
+AXES_CLIENT_IP_CALLABLE = "conversations.throttling.client_ip"
+# One row per attempt pair is enough; the per-attempt access log would grow without bound.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "conversations:list"
 LOGOUT_REDIRECT_URL = "login"
@@ -218,5 +251,7 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         # ably-python logs every frame and state change at INFO.
         "ably": {"level": "WARNING"},
+        # django-axes: failed log-ins and lockouts are WARNINGs; its INFO is a banner per process.
+        "axes": {"level": "WARNING"},
     },
 }

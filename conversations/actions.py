@@ -6,6 +6,7 @@ about a change that rolled back. Web actions come first; the agent's are in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -13,7 +14,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import events, realtime
-from .models import Conversation, Message
+from .models import AgentLease, Conversation, Message
+from .text import storable
 
 
 def _publish_on_commit(channel: str, event: realtime.Event) -> None:
@@ -41,7 +43,7 @@ def publish_list_change(conversation: Conversation, action: events.ListAction) -
 def create_conversation(owner: Any, *, title: str = "") -> Conversation:
     with transaction.atomic():
         conversation = Conversation.objects.create(
-            owner=owner, title=title, title_set_by_user=bool(title)
+            owner=owner, title=storable(title), title_set_by_user=bool(title)
         )
         publish_list_change(conversation, events.ListAction.CREATED)
     return conversation
@@ -49,6 +51,7 @@ def create_conversation(owner: Any, *, title: str = "") -> Conversation:
 
 def rename_conversation(conversation: Conversation, title: str) -> Conversation:
     """Set a title the user chose; it wins over any title the model suggests later."""
+    title = storable(title)
     with transaction.atomic():
         conversation.title = title
         conversation.title_set_by_user = True
@@ -69,12 +72,38 @@ def set_archived(conversation: Conversation, archived: bool) -> Conversation:
 
 
 def delete_conversation(conversation: Conversation) -> None:
+    delete_conversations([conversation])
+
+
+def delete_conversations(conversations: Iterable[Conversation]) -> None:
+    """Delete; tell the owners' devices; then revoke the Ably tokens those devices hold.
+
+    A token already issued lists the deleted conversation's channel (and could read its
+    history) until it expires: revoking the owners' tokens makes their devices renew, and the
+    new tokens no longer list it. Once per owner, after the publishes, as it takes a moment.
+    """
+    owners: set[str] = set()
     with transaction.atomic():
-        # The event is built before the row (and its primary key) is gone.
-        change = _list_change(conversation, events.ListAction.DELETED)
-        channel = events.user_channel(realtime.client_id_for_user(conversation.owner))
-        conversation.delete()
-        _publish_on_commit(channel, change)
+        for conversation in conversations:
+            # The event is built before the row (and its primary key) is gone.
+            change = _list_change(conversation, events.ListAction.DELETED)
+            owner = realtime.client_id_for_user(conversation.owner)
+            conversation.delete()
+            _publish_on_commit(events.user_channel(owner), change)
+            owners.add(owner)
+        if owners:
+            transaction.on_commit(lambda: realtime.revoke_tokens(owners))
+
+
+def revoke_ably_tokens(users: Iterable[Any]) -> None:
+    """Once the current transaction commits, revoke every Ably token these users hold.
+
+    For users deleted or deactivated: a token already issued would otherwise keep its channels
+    until it expires (ABLY_TOKEN_TTL_SECONDS), and they can no longer get a new one.
+    """
+    client_ids = {realtime.client_id_for_user(user) for user in users}
+    if client_ids:
+        transaction.on_commit(lambda: realtime.revoke_tokens(client_ids))
 
 
 # --- Agent-side actions ---
@@ -97,7 +126,7 @@ def record_prompt(
             defaults={
                 "conversation_id": conversation_id,
                 "client_id": client_id,
-                "text": text,
+                "text": storable(text),
                 "status": Message.Status.COMPLETE,
             },
         )
@@ -140,15 +169,20 @@ def finish_reply(
     input_tokens: int = 0,
     output_tokens: int = 0,
     first_token_at: Any = None,
+    publish: Callable[[str, realtime.Event], None] | None = None,
 ) -> bool:
-    """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted)."""
+    """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted).
+
+    `publish` sends the list change after commit (default `realtime.publish`, a blocking HTTP
+    call); the agent passes one that hands it to another thread, off its database thread.
+    """
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
             status=str(status),
-            text=text,
-            thinking=thinking,
-            stop_reason=stop_reason or "",
-            error=error,
+            text=storable(text),
+            thinking=storable(thinking),
+            stop_reason=storable(stop_reason or ""),
+            error=storable(error),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             first_token_at=first_token_at,
@@ -159,7 +193,12 @@ def finish_reply(
                 pk=reply.conversation_id
             )
             conversation.save(update_fields=["updated_at"])
-            publish_list_change(conversation, events.ListAction.ACTIVITY)
+            if publish is None:
+                publish_list_change(conversation, events.ListAction.ACTIVITY)
+            else:
+                change = _list_change(conversation, events.ListAction.ACTIVITY)
+                channel = events.user_channel(realtime.client_id_for_user(conversation.owner))
+                transaction.on_commit(lambda: publish(channel, change))
     return bool(updated)
 
 
@@ -167,8 +206,9 @@ def interrupt_abandoned_replies(*, agent_id: str, stale_before: Any) -> list[Mes
     """Mark `streaming` replies no live agent is writing as `interrupted`; return them.
 
     A reply is abandoned when it was claimed under this agent id (the process that owned it
-    is gone: we are its restart) or when it has been streaming since before `stale_before`
-    (its agent never came back).
+    is gone: we are its restart; the caller holds the id's lease, which it only takes from a
+    dead or lapsed holder) or when it has been streaming since before `stale_before` (its
+    agent never came back).
     """
     with transaction.atomic():
         abandoned = list(
@@ -187,6 +227,7 @@ def interrupt_abandoned_replies(*, agent_id: str, stale_before: Any) -> list[Mes
 
 def apply_generated_title(conversation_id: Any, title: str) -> bool:
     """Save the model's title unless the user has named the conversation; tell every device."""
+    title = storable(title)
     with transaction.atomic():
         unnamed = Conversation.objects.filter(pk=conversation_id, title_set_by_user=False)
         updated = unnamed.update(title=title)
@@ -200,7 +241,7 @@ def apply_generated_title(conversation_id: Any, title: str) -> bool:
 def record_interrupted_text(reply: Message, *, text: str, thinking: str) -> None:
     """Keep what devices saw of an interrupted reply (read back from the channel's history)."""
     Message.objects.filter(pk=reply.pk, status=Message.Status.INTERRUPTED).update(
-        text=text, thinking=thinking
+        text=storable(text), thinking=storable(thinking)
     )
 
 
@@ -222,3 +263,72 @@ def interrupt_replies(reply_ids: list[int]) -> list[Message]:
             reply.completed_at = now
             reply.save(update_fields=["status", "stop_reason", "completed_at"])
     return orphans
+
+
+# --- Agent identity (see `conversations.agent.identity`) ---
+
+
+def take_agent_lease(
+    agent_id: str,
+    *,
+    instance: str,
+    host: str,
+    pid: int,
+    lapsed_before: Any,
+    holder_is_dead: Any,
+) -> tuple[bool, AgentLease | None]:
+    """Hold `agent_id` for this process if nobody live holds it.
+
+    Free when there is no lease, when its holder last renewed it before `lapsed_before` (or
+    released it), or when `holder_is_dead(lease)` (a process on this host that no longer
+    exists). Returns whether this process now holds it, and the lease as it was before.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            lease = AgentLease.objects.select_for_update().filter(agent_id=agent_id).first()
+            if lease is None:
+                AgentLease.objects.create(
+                    agent_id=agent_id,
+                    instance=instance,
+                    host=host,
+                    pid=pid,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+                return True, None
+            free = (
+                lease.instance == instance
+                or lease.heartbeat_at < lapsed_before
+                or holder_is_dead(lease)
+            )
+            if not free:
+                return False, lease
+            previous = AgentLease(
+                agent_id=lease.agent_id,
+                instance=lease.instance,
+                host=lease.host,
+                pid=lease.pid,
+                started_at=lease.started_at,
+                heartbeat_at=lease.heartbeat_at,
+            )
+            AgentLease.objects.filter(agent_id=agent_id).update(
+                instance=instance, host=host, pid=pid, started_at=now, heartbeat_at=now
+            )
+            return True, previous
+    except IntegrityError:
+        # Another process created the lease at the same moment: it holds it.
+        return False, AgentLease.objects.filter(agent_id=agent_id).first()
+
+
+def renew_agent_lease(agent_id: str, *, instance: str) -> bool:
+    """Renew this process's lease; False if another process has taken it over."""
+    renewed = AgentLease.objects.filter(agent_id=agent_id, instance=instance).update(
+        heartbeat_at=timezone.now()
+    )
+    return bool(renewed)
+
+
+def release_agent_lease(agent_id: str, *, instance: str, released_at: Any) -> None:
+    """Give the id up at shutdown: a lease renewed at `released_at` (long ago) has lapsed."""
+    AgentLease.objects.filter(agent_id=agent_id, instance=instance).update(heartbeat_at=released_at)

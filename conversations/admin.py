@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -213,8 +214,7 @@ class ConversationAdmin(admin.ModelAdmin):
         actions.delete_conversation(obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for conversation in queryset.select_related("owner"):
-            actions.delete_conversation(conversation)
+        actions.delete_conversations(queryset.select_related("owner"))
 
     @admin.action(description="Archive selected conversations")
     def archive_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -268,6 +268,23 @@ class UsageUserAdmin(UserAdmin):
                 _output_tokens=_subquery_total(sent, "conversation__owner", Sum("output_tokens")),
             )
         )
+
+    # Access ends with the account: revoke the Ably tokens its devices hold (see actions).
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            if change and "is_active" in form.changed_data and not obj.is_active:
+                actions.revoke_ably_tokens([obj])
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            actions.revoke_ably_tokens([obj])  # before the delete clears its pk
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        with transaction.atomic():
+            actions.revoke_ably_tokens(list(queryset))
+            super().delete_queryset(request, queryset)
 
     @admin.display(description="conversations", ordering="_conversation_count")
     def conversation_count(self, user: Any) -> int:

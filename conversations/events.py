@@ -16,10 +16,17 @@ Conversation channel contract:
 - `stop`     agent -> all. headers responseId, promptId, model, status, stopReason; data = a
              user-readable message when status is `error` (or `interrupted`), else empty.
              Published only after every `response`/`token` of the reply was acknowledged.
+- `refusal`  agent -> all. A prompt the agent will not answer: malformed (not text, no valid
+             headers.promptId, headers not an object), to a deleted conversation, or one it
+             could not store. data = a user-readable message; headers.promptId when the prompt
+             had a valid one, headers.reason (`malformed`, `deleted`, `unsaved`). Not named
+             `error`: ably-python does not pass a message named `error` to a listener
+             subscribed to every message (ably-js does).
 - `cancel`   any participant -> agent. headers.responseId or headers.promptId.
 - `title`    agent or server -> all. data = the conversation's new title.
 
-Clients trust `start`/`response`/`token`/`snapshot`/`stop` only from the agent's clientId and
+Clients trust `start`/`response`/`token`/`snapshot`/`stop`/`refusal` only from the agent's
+clientId and
 `title` only from the agent's or the server's; the agent trusts `prompt`/`cancel` only from a
 verified clientId that may write to the conversation.
 """
@@ -48,11 +55,14 @@ class Name(StrEnum):
     STOP = "stop"
     CANCEL = "cancel"
     TITLE = "title"
+    REFUSAL = "refusal"
     # On the user channel.
     CONVERSATION = "conversation"
 
 
-AGENT_NAMES = frozenset({Name.START, Name.RESPONSE, Name.TOKEN, Name.SNAPSHOT, Name.STOP})
+AGENT_NAMES = frozenset(
+    {Name.START, Name.RESPONSE, Name.TOKEN, Name.SNAPSHOT, Name.STOP, Name.REFUSAL}
+)
 
 
 class Status(StrEnum):
@@ -272,6 +282,49 @@ class Stop:
             stop_reason=headers.get("stopReason"),
             error_message=data if isinstance(data, str) else "",
         )
+
+
+class RefusalReason(StrEnum):
+    MALFORMED = "malformed"
+    DELETED = "deleted"
+    UNSAVED = "unsaved"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The agent will not answer a prompt; `message` says why, in the user's words."""
+
+    reason: RefusalReason
+    message: str
+    prompt_id: str | None = None
+
+    name = Name.REFUSAL
+
+    def data(self) -> str:
+        return self.message
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({"promptId": self.prompt_id, "reason": str(self.reason)})
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Refusal:
+        headers = _headers(extras)
+        try:
+            reason = RefusalReason(headers.get("reason"))
+        except ValueError:
+            raise EventError("headers.reason is not a refusal reason") from None
+        prompt_id = _uuid_header(headers, "promptId") if headers.get("promptId") else None
+        return cls(
+            reason=reason, message=data if isinstance(data, str) else "", prompt_id=prompt_id
+        )
+
+
+def prompt_id_of(extras: Any) -> str | None:
+    """The valid promptId of a (possibly malformed) prompt, if it has one."""
+    try:
+        return _uuid_header(_headers(extras), "promptId")
+    except EventError:
+        return None
 
 
 @dataclass(frozen=True)

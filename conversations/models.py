@@ -119,3 +119,23 @@ class Message(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status != self.Status.STREAMING
+
+
+class AgentLease(models.Model):
+    """Which live process holds an agent id (see `conversations.agent.identity`).
+
+    One row per agent id: the holder renews `heartbeat_at` every few seconds. A reply's
+    `agent_id` names the holder that wrote it, so a reply is abandoned only when its id's
+    lease has lapsed or been taken over from a process known to be dead.
+    """
+
+    agent_id = models.CharField(max_length=100, primary_key=True)
+    # Random per process start: tells a restart under the same id from the process before it.
+    instance = models.CharField(max_length=64)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} ({self.host} pid {self.pid})"

@@ -1,7 +1,7 @@
 """Everything Django says to Ably: who a user is on Ably, their tokens, and server publishes.
 
-`publish()` is called only from `conversations.actions`, inside `transaction.on_commit`, so a
-device never hears about a change that rolled back.
+`publish()` and `revoke_tokens()` are called only from `conversations.actions`, inside
+`transaction.on_commit`, so a device never hears about a change that rolled back.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -28,6 +30,15 @@ CLIENT_ID_PREFIX = "user-"
 # Ably's own REST host, used when settings.ABLY_ENDPOINT is empty.
 ABLY_DEFAULT_REST_URL = "https://rest.ably.io"
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# Ably takes at most this many targets in one revokeTokens request.
+MAX_REVOCATION_TARGETS = 100
+# How far into the next whole second a revocation waits (see `revoke_tokens`): slack for the
+# clocks of this host and Ably's, which refuses an `issuedBefore` in its future.
+REVOCATION_CLOCK_MARGIN_SECONDS = 0.05
+# When Ably's clock is behind ours it refuses that `issuedBefore` as in its future (40003): ask
+# again this often, this many times, until its clock has caught up.
+REVOCATION_RETRY_SECONDS = 0.25
+REVOCATION_ATTEMPTS = 12
 
 # The owner of a conversation: everything a chat participant does.
 READ_WRITE_OPERATIONS = ("history", "presence", "publish", "subscribe")
@@ -40,6 +51,8 @@ USER_CHANNEL_OPERATIONS = ("history", "subscribe")
 
 # When a list, publish() appends here instead of reaching the network (like mail.outbox).
 outbox: list[PublishedEvent] | None = None
+# When a list, revoke_tokens() appends the clientIds it would revoke here instead.
+revocation_outbox: list[str] | None = None
 
 
 class Event(Protocol):
@@ -214,3 +227,76 @@ def publish(channel: str, event: Event) -> None:
         logger.warning(
             "Ably publish of %r to %s failed: %s %s", published.name, channel, exc, detail
         )
+
+
+def revoke_tokens(client_ids: Iterable[str]) -> None:
+    """Revoke every Ably token issued so far to these clientIds; log and swallow failures.
+
+    Their live connections are cut off (40141) and renew through the `authUrl`; the new token
+    lists only what the user may use now, so e.g. a deleted conversation's channel is gone from
+    it. Needs the key's "revocable tokens" setting (Ably dashboard; the stand-in's
+    `--revocable-tokens`): without it Ably refuses and the old tokens stay valid until they
+    expire (ABLY_TOKEN_TTL_SECONDS), which is logged here.
+
+    A JWT's `iat` is in whole seconds, so a token issued later in the same second as the
+    revocation would count as "issued before" it and be revoked too: the devices renewing at
+    once would be refused again and back off (ably-js waits 15 s after a second token error).
+    So this waits into the next whole second and revokes what was issued up to the end of the
+    previous one: every token issued before this call, and none issued after it.
+    """
+    targets = [f"clientId:{client_id}" for client_id in sorted(set(client_ids))]
+    if not targets:
+        return
+    if revocation_outbox is not None:
+        revocation_outbox.extend(target.partition(":")[2] for target in targets)
+        return
+    issued_before_ms = _wait_for_next_whole_second()
+    key = AblyKey(settings.ABLY_API_KEY)
+    url = f"{rest_base_url()}/keys/{quote(key.name, safe='')}/revokeTokens"
+    for start in range(0, len(targets), MAX_REVOCATION_TARGETS):
+        chunk = targets[start : start + MAX_REVOCATION_TARGETS]
+        body: dict[str, Any] = {"targets": chunk, "issuedBefore": issued_before_ms}
+        try:
+            for attempt in range(1, REVOCATION_ATTEMPTS + 1):
+                response = _post_revocation(url, key, body)
+                if response.status_code != 400 or _error_code(response) != 40003:
+                    break
+                if attempt < REVOCATION_ATTEMPTS:
+                    # Ably's clock is behind ours, so `issuedBefore` is in its future. Not
+                    # dropped (Ably's "now" would spare tokens issued just before the delete):
+                    # asked again once Ably's clock has caught up.
+                    time.sleep(REVOCATION_RETRY_SECONDS)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            detail = exc.response.text[:500] if isinstance(exc, httpx.HTTPStatusError) else ""
+            logger.warning("Ably token revocation of %s failed: %s %s", chunk, exc, detail)
+            continue
+        result = response.json() if response.content else {}
+        failures = [r for r in result.get("results", []) if isinstance(r, dict) and "error" in r]
+        if failures:
+            logger.warning("Ably token revocation refused some targets: %s", failures)
+
+
+def _wait_for_next_whole_second() -> int:
+    """Sleep into the next whole second; return the last millisecond of the current one."""
+    now = time.time()
+    next_second = math.floor(now) + 1
+    time.sleep(next_second - now + REVOCATION_CLOCK_MARGIN_SECONDS)
+    return next_second * 1000 - 1
+
+
+def _post_revocation(url: str, key: AblyKey, body: dict[str, Any]) -> httpx.Response:
+    return _http_client().post(
+        url,
+        json=body,
+        auth=(key.name, key.secret),
+        headers={"Accept": "application/json", "X-Ably-Version": "5"},
+        timeout=PUBLISH_TIMEOUT_SECONDS,
+    )
+
+
+def _error_code(response: httpx.Response) -> int | None:
+    try:
+        return int(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -269,6 +269,8 @@ class Device:
         self.by_prompt: dict[str, str] = {}
         self.serial_parts: dict[str, str] = {}
         self.ignored: list[AblyMessage] = []
+        # The agent's refusals, trusted from its clientId only (forged ones land in `ignored`).
+        self.refusals: list[events.Refusal] = []
         self.received: list[AblyMessage] = []
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
         # Every status the agent announced in presence here, in order.
@@ -325,6 +327,13 @@ class Device:
             # The contract: agent-only names from anyone else are forgeries.
             self.ignored.append(message)
             return
+        if message.name == events.Name.REFUSAL:
+            try:
+                self.refusals.append(events.Refusal.from_wire(message.data, message.extras))
+            except events.EventError:
+                self.ignored.append(message)
+            self._changed.set()
+            return
         try:
             headers = events.ReplyHeaders.from_extras(message.extras)
         except events.EventError:
@@ -370,6 +379,14 @@ class Device:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.2):
                         await self._changed.wait()
+
+    async def refusal(
+        self, predicate: Callable[[events.Refusal], bool], timeout: float = REPLY_TIMEOUT
+    ) -> events.Refusal:
+        """The first refusal from the agent that matches `predicate`."""
+        return await self.wait_for(
+            lambda: next((r for r in self.refusals if predicate(r)), None), timeout
+        )
 
     def reply_for(self, prompt_id: str) -> Reply | None:
         response_id = self.by_prompt.get(prompt_id)

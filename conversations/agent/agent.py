@@ -11,7 +11,24 @@ Shape of the work:
   answers them one at a time, in order. That is the double-texting policy: a second prompt
   while one streams is queued and answered after it.
 - A `ReplyRun` is one answer: claim in the database (exactly once across processes), `start`,
-  the streamed text, `stop`, then one write of the outcome.
+  the streamed text, one write of the outcome, then `stop`: what a device shows at the end is
+  what every reload shows. A process killed between the write and `stop` leaves a final row
+  that devices never heard of: the agent that takes its id over, or any agent once its lease
+  has lapsed, finds the missing `stop` in channel history and publishes the whole text and the
+  stored outcome (`announce_unsaid_outcomes`).
+
+Intake is durable. A prompt counts as handled only once it is stored (or refused with a
+`refusal` its devices show); storing is retried on transient database errors
+(`store.db_retrying`). What still slips through (the database down for longer, an agent killed
+between hearing a prompt and storing it) is found by the sweeper: every `sweep_interval` each
+conversation active within `sweep_window` compares the prompts in its channel history with the
+database and takes in any that have no reply. A prompt that cannot be stored after
+`MAX_INTAKE_FAILURES` tries is refused (`unsaved`), so its sender is never left waiting.
+
+Malformed prompts and prompts to a deleted conversation are refused, never dropped silently: a
+channel whose conversation no longer exists is attached anyway, as a `deleted` session that
+refuses every prompt and detaches once quiet. Agent identity and when a reply counts as
+abandoned: see `identity`.
 """
 
 from __future__ import annotations
@@ -29,13 +46,14 @@ import anthropic
 from ably.transport.defaults import Defaults
 from ably.types.message import Message as AblyMessage
 
-from conversations import actions, events
+from conversations import actions, events, realtime
 from conversations.models import Message
 
 from . import model as claude, store
 from .config import AgentConfig
+from .identity import Lease
 from .pool import ConnectionPool, PooledConnection
-from .store import db
+from .store import db, db_retrying
 from .streaming import ReplyStream, publish_until, reply_stream, with_retries
 
 logger = logging.getLogger(__name__)
@@ -67,6 +85,17 @@ UNREPAIRED_MESSAGE = (
     "The connection to the realtime service dropped while this reply was being sent, and part "
     "of it may be missing here. The whole reply is saved: reload the page to see it."
 )
+MALFORMED_MESSAGE = "This message could not be read ({problem}), so it was not sent to Claude."
+DELETED_MESSAGE = "This conversation has been deleted, so this message was not sent to Claude."
+UNSAVED_MESSAGE = (
+    "This message could not be saved, so it was not sent to Claude. Please send it again."
+)
+# How far back a restart looks for replies a killed process saved but never announced.
+UNSAID_OUTCOME_WINDOW = 600.0
+# Tries (each with its own retries) before a prompt that cannot be stored is refused.
+MAX_INTAKE_FAILURES = 3
+# A refusal is small and not part of a reply: it waits out a short outage only.
+REFUSAL_PUBLISH_SECONDS = 15.0
 RATE_LIMIT_MESSAGE = (
     "You are sending messages faster than {limit} a minute. Please wait a moment and try again."
 )
@@ -75,7 +104,14 @@ RATE_LIMIT_MESSAGE = (
 class ConversationSession:
     """One attached conversation channel: its inbox, its prompt queue and its presence."""
 
-    def __init__(self, agent: Agent, conversation_id: str, connection: PooledConnection) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        conversation_id: str,
+        connection: PooledConnection,
+        *,
+        deleted: bool = False,
+    ) -> None:
         self.agent = agent
         self.conversation_id = conversation_id
         self.channel_name = events.conversation_channel(conversation_id)
@@ -83,7 +119,17 @@ class ConversationSession:
         self.channel = connection.client.channels.get(self.channel_name)
         self.inbox: asyncio.Queue[AblyMessage] = asyncio.Queue()
         self.prompts: asyncio.Queue[Message] = asyncio.Queue()
+        # Prompts stored (or refused) here: handled, whatever history replays.
         self.seen_prompt_ids: set[str] = set()
+        # Ably ids of messages handled for good without storing (refused or ignored), so the
+        # sweeper does not take them in again.
+        self.settled_message_ids: set[str] = set()
+        # Prompts in this session's queue or being answered.
+        self.queued_prompt_ids: set[str] = set()
+        self.intake_failures: dict[str, int] = {}
+        self.handling = False
+        # The conversation no longer exists: every prompt is refused.
+        self.deleted = deleted
         self.active: ReplyRun | None = None
         # Cancels that matched no reply yet: id -> monotonic expiry.
         self.early_cancels: dict[str, float] = {}
@@ -99,7 +145,8 @@ class ConversationSession:
 
     async def open(self, *, history_since_ms: int | None) -> None:
         await self.channel.subscribe(self._on_message)
-        await self.set_status(events.AgentStatus.IDLE)
+        if not self.deleted:
+            await self.set_status(events.AgentStatus.IDLE)
         backlog = await self._history_since(history_since_ms) if history_since_ms else []
         # Backlog first (oldest first), then whatever arrived live meanwhile: the inbox task
         # starts only now, and duplicates are dropped by promptId.
@@ -116,8 +163,11 @@ class ConversationSession:
             asyncio.create_task(self._worker_loop(), name=f"worker {self.channel_name}")
         )
 
-    async def _history_since(self, since_ms: int) -> list[AblyMessage]:
-        wanted = {events.Name.PROMPT, events.Name.CANCEL}
+    async def _history_since(
+        self,
+        since_ms: int,
+        wanted: frozenset[str] = frozenset({events.Name.PROMPT, events.Name.CANCEL}),
+    ) -> list[AblyMessage]:
         collected: list[AblyMessage] = []
         try:
             assert self.agent.pool.rest is not None
@@ -147,10 +197,14 @@ class ConversationSession:
     async def _inbox_loop(self) -> None:
         while True:
             message = await self.inbox.get()
+            self.handling = True
             try:
                 await self._handle(message)
             except Exception:
+                # Not settled: a prompt is taken in again by the sweeper.
                 logger.exception("handling %s on %s failed", message.name, self.channel_name)
+            finally:
+                self.handling = False
 
     async def _handle(self, message: AblyMessage) -> None:
         name = message.name
@@ -167,34 +221,90 @@ class ConversationSession:
                 )
             return
         client_id = message.client_id
-        if client_id == self.agent.config.agent_client_id or not await db(
+        if client_id == self.agent.config.agent_client_id:
+            self._settle(message)
+            return
+        allowed = not self.deleted and await db_retrying(
             store.sender_may_write, self.conversation_id, client_id
-        ):
+        )
+        if not allowed and name == events.Name.PROMPT:
+            if self.deleted or not await db_retrying(
+                store.conversation_exists, self.conversation_id
+            ):
+                # Nobody may write to a conversation that is gone, but its devices (a page
+                # left open) must hear why nothing answers.
+                self.deleted = True
+                prompt_id = events.prompt_id_of(message.extras)
+                self._refuse(message, events.RefusalReason.DELETED, DELETED_MESSAGE, prompt_id)
+                return
+        if not allowed:
             logger.warning(
                 "ignoring %s on %s from %r: not allowed to write to this conversation",
                 name,
                 self.channel_name,
                 client_id,
             )
+            self._settle(message)
             return
         if name == events.Name.PROMPT:
             await self._accept_prompt(message, client_id)
         else:
             self._accept_cancel(message, client_id)
 
+    def _settle(self, message: AblyMessage) -> None:
+        """Handled for good without storing anything: the sweeper leaves it alone."""
+        if message.id:
+            self.settled_message_ids.add(message.id)
+
+    def _refuse(
+        self,
+        message: AblyMessage,
+        reason: events.RefusalReason,
+        text: str,
+        prompt_id: str | None,
+    ) -> None:
+        """Tell the sender's devices this prompt will not be answered (once per message)."""
+        if message.id and message.id in self.settled_message_ids:
+            return
+        # By Ably message id, not promptId: the page's "Send again" re-sends the same promptId
+        # in a new message, which is taken in afresh.
+        self._settle(message)
+        logger.warning(
+            "refusing a prompt on %s from %r (%s): %s",
+            self.channel_name,
+            message.client_id,
+            reason,
+            text,
+        )
+        refusal = events.Refusal(reason=reason, message=text, prompt_id=prompt_id)
+        self.agent.spawn(self._publish_refusal(refusal))
+
+    async def _publish_refusal(self, refusal: events.Refusal) -> None:
+        deadline = min(time.monotonic() + REFUSAL_PUBLISH_SECONDS, self.agent.hard_deadline)
+        try:
+            await self.publish_until(refusal, deadline)
+        except Exception as error:  # noqa: BLE001 - logged; nothing else can carry it
+            logger.error("publishing a refusal on %s failed: %r", self.channel_name, error)
+
     async def _accept_prompt(self, message: AblyMessage, client_id: str) -> None:
         try:
             prompt = events.Prompt.from_wire(message.data, message.extras)
         except events.EventError as error:
-            logger.warning("ignoring a malformed prompt on %s: %s", self.channel_name, error)
+            problem = str(error)
+            self._refuse(
+                message,
+                events.RefusalReason.MALFORMED,
+                MALFORMED_MESSAGE.format(problem=problem),
+                events.prompt_id_of(message.extras),
+            )
             return
         if prompt.prompt_id in self.seen_prompt_ids:
             return
-        self.seen_prompt_ids.add(prompt.prompt_id)
-        if await db(store.answered_prompt_ids, [prompt.prompt_id]):
-            return
         try:
-            stored, _ = await db(
+            if await db_retrying(store.answered_prompt_ids, [prompt.prompt_id]):
+                self.seen_prompt_ids.add(prompt.prompt_id)
+                return
+            stored, _ = await db_retrying(
                 actions.record_prompt,
                 self.conversation_id,
                 prompt_id=prompt.prompt_id,
@@ -202,12 +312,84 @@ class ConversationSession:
                 client_id=client_id,
             )
         except ValueError as error:
-            logger.warning(
-                "ignoring prompt %s on %s: %s", prompt.prompt_id, self.channel_name, error
+            # A promptId another conversation already uses: not this prompt, never storable.
+            self._refuse(
+                message,
+                events.RefusalReason.MALFORMED,
+                MALFORMED_MESSAGE.format(problem=str(error)),
+                None,
             )
             return
+        except store.TRANSIENT_DB_ERRORS as error:
+            failures = self.intake_failures.get(prompt.prompt_id, 0) + 1
+            self.intake_failures[prompt.prompt_id] = failures
+            if failures >= MAX_INTAKE_FAILURES:
+                self._refuse(
+                    message, events.RefusalReason.UNSAVED, UNSAVED_MESSAGE, prompt.prompt_id
+                )
+                return
+            # Not seen: the sweeper finds it in the channel's history and tries again.
+            logger.error(
+                "storing prompt %s on %s failed (%d of %d): %r",
+                prompt.prompt_id,
+                self.channel_name,
+                failures,
+                MAX_INTAKE_FAILURES,
+                error,
+            )
+            return
+        self.intake_failures.pop(prompt.prompt_id, None)
+        self.seen_prompt_ids.add(prompt.prompt_id)
         self.last_activity = time.monotonic()
-        self.prompts.put_nowait(stored)
+        self.queue(stored)
+
+    def queue(self, prompt: Message) -> None:
+        if str(prompt.prompt_id) in self.queued_prompt_ids:
+            return
+        self.queued_prompt_ids.add(str(prompt.prompt_id))
+        self.prompts.put_nowait(prompt)
+
+    async def sweep(self, now_ms: int) -> int:
+        """Take in the prompts in recent history that have no reply and are not on their way.
+
+        Returns how many were handed to the inbox again (each is then stored, answered or
+        refused as if it had just arrived; a promptId already stored is not stored twice).
+        """
+        if self.handling or not self.inbox.empty():
+            return 0  # Intake is busy (perhaps retrying a write): it is not lost, just slow.
+        config = self.agent.config
+        since_ms = now_ms - int(config.sweep_window * 1000)
+        recent_before_ms = now_ms - int(config.sweep_grace * 1000)
+        history = await self._history_since(since_ms, frozenset({events.Name.PROMPT}))
+        candidates: dict[str, AblyMessage] = {}
+        for message in history:
+            if message.id and message.id in self.settled_message_ids:
+                continue
+            if (message.timestamp or now_ms) > recent_before_ms:
+                continue
+            if message.client_id == config.agent_client_id:
+                continue
+            prompt_id = events.prompt_id_of(message.extras)
+            if prompt_id is None:
+                # Malformed and never handled here (this process was not attached then).
+                self.inbox.put_nowait(message)
+                continue
+            if prompt_id not in self.queued_prompt_ids:
+                candidates.setdefault(prompt_id, message)
+        if not candidates:
+            return 0
+        answered = await db_retrying(store.answered_prompt_ids, list(candidates))
+        missed = [m for p, m in candidates.items() if p not in answered]
+        for message in missed:
+            self.seen_prompt_ids.discard(events.prompt_id_of(message.extras) or "")
+            self.inbox.put_nowait(message)
+        if missed:
+            logger.warning(
+                "%s: %d prompt(s) in history without a reply; taking them in",
+                self.channel_name,
+                len(missed),
+            )
+        return len(missed)
 
     def _accept_cancel(self, message: AblyMessage, client_id: str) -> None:
         try:
@@ -250,6 +432,7 @@ class ConversationSession:
             except Exception:
                 logger.exception("answering prompt %s failed", prompt.prompt_id)
             finally:
+                self.queued_prompt_ids.discard(str(prompt.prompt_id))
                 self.active = None
                 self.last_activity = time.monotonic()
                 if self.prompts.empty():
@@ -385,7 +568,7 @@ class ReplyRun:
     async def execute(self) -> None:
         if not await self._wait_for_earlier_replies():
             return
-        self.reply = await db(
+        self.reply = await db_retrying(
             actions.claim_reply,
             self.prompt,
             response_id=self.response_id,
@@ -453,7 +636,7 @@ class ReplyRun:
         under its id) is settled as interrupted instead of waited for.
         """
         deadline = time.monotonic() + self.config.ordering_wait
-        while earlier := await db(store.earlier_replies_in_progress, self.prompt):
+        while earlier := await db_retrying(store.earlier_replies_in_progress, self.prompt):
             if not await self.session.settle_orphans(earlier):
                 continue
             if time.monotonic() > deadline:
@@ -571,23 +754,40 @@ class ReplyRun:
                     self.session.channel_name,
                 )
                 status, stop_reason, error = events.Status.ERROR, "error", UNREPAIRED_MESSAGE
+        # Save, then say: once devices hear `stop`, every reload shows the same outcome.
+        try:
+            saved = await db_retrying(
+                actions.finish_reply,
+                self.reply,
+                status=status,
+                text=self._text(),
+                thinking=self._text(events.Part.THINKING),
+                stop_reason=stop_reason or "",
+                error=error,
+                input_tokens=self.usage[0],
+                output_tokens=self.usage[1],
+                first_token_at=self.first_token_at,
+                publish=self.agent.publish_from_thread,
+            )
+        except Exception as db_error:  # noqa: BLE001 - devices must still hear the end
+            # The row stays `streaming` and is settled as interrupted once this process is
+            # gone; a device waiting forever would be worse than one that differs until then.
+            logger.error("saving the outcome of %s failed: %r", self.response_id, db_error)
+            saved = True
+        if not saved:
+            # Another process settled it as interrupted (it thought this one gone) and told
+            # the devices so: say the same, never something the database contradicts.
+            logger.warning("reply %s was already settled; not overriding it", self.response_id)
+            status, stop_reason, error = (
+                events.Status.INTERRUPTED,
+                "interrupted",
+                INTERRUPTED_MESSAGE,
+            )
         stop = events.Stop(self.headers, status, stop_reason=stop_reason, error_message=error)
         try:
             await self.session.publish_until(stop, self.publish_deadline())
         except Exception as publish_error:  # noqa: BLE001 - the stored outcome still stands
             logger.error("publishing stop for %s failed: %r", self.response_id, publish_error)
-        await db(
-            actions.finish_reply,
-            self.reply,
-            status=status,
-            text=self._text(),
-            thinking=self._text(events.Part.THINKING),
-            stop_reason=stop_reason or "",
-            error=error,
-            input_tokens=self.usage[0],
-            output_tokens=self.usage[1],
-            first_token_at=self.first_token_at,
-        )
         latency = f"{self.first_token_latency * 1000:.0f}" if self.first_token_latency else "-"
         reply_log.info(
             "reply conversation=%s response=%s status=%s stop_reason=%s ttft_ms=%s "
@@ -629,12 +829,23 @@ class Agent:
         self._background: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._discovery: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.lease = Lease(config.agent_id, config.lease_ttl)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when another process took this one's agent id over (see `identity`).
+        self.lease_lost = asyncio.Event()
+        # Finished replies of gone agents already checked for a missing `stop`.
+        self._outcomes_checked: set[int] = set()
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, settle what a crash left behind, start discovery and catch up."""
+        """Hold the agent id, connect, settle what a crash left behind, discover, catch up."""
+        self._loop = asyncio.get_running_loop()
+        await self.lease.acquire()  # AgentIdInUse: another live process has this id.
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="agent lease")
         await self.pool.connect()
         await self.recover_interrupted()
         discovery_interval = self.config.discovery_interval
@@ -660,6 +871,7 @@ class Agent:
         # Devices may sit on an older conversation and have prompted while no agent ran.
         await self.discover_active_channels(lookback_seconds=self.config.catch_up_window)
         self._janitor = asyncio.create_task(self._janitor_loop(), name="agent janitor")
+        self._sweeper = asyncio.create_task(self._sweeper_loop(), name="agent intake sweeper")
         self._discovery = asyncio.create_task(
             self._discovery_loop(discovery_interval), name="agent discovery"
         )
@@ -673,16 +885,167 @@ class Agent:
         )
 
     async def recover_interrupted(self) -> list[Message]:
-        """Mark replies a dead agent left `streaming` as interrupted and tell their devices."""
+        """Mark replies whose writer is known gone as interrupted and tell their devices.
+
+        Known gone: the previous holder of this process's agent id (the lease was only taken
+        over because it is dead or lapsed), any agent whose lease lapsed, and anything
+        streaming for longer than `stale_reply_after` (a writer from before leases).
+        """
         stale_before = store.now() - datetime.timedelta(seconds=self.config.stale_reply_after)
-        abandoned = await db(
+        abandoned = await db_retrying(
             actions.interrupt_abandoned_replies,
             agent_id=self.config.agent_id,
             stale_before=stale_before,
         )
+        abandoned += await self.interrupt_replies_of_gone_agents()
         for reply in abandoned:
             await self.announce_interrupted(reply)
+        # Just announced as interrupted: not candidates for a missing `stop`.
+        self._outcomes_checked.update(reply.pk for reply in abandoned)
+        gone = await self._recently_gone_agent_ids()
+        if self.lease.previous is not None:
+            gone.append(self.config.agent_id)  # Its previous holder is gone: we took over.
+        await self.announce_unsaid_outcomes(gone)
         return abandoned
+
+    async def _recently_gone_agent_ids(self) -> list[str]:
+        now = store.now()
+        return await db_retrying(
+            store.recently_lapsed_agent_ids,
+            lapsed_before=now - datetime.timedelta(seconds=self.config.lease_ttl),
+            since=now - datetime.timedelta(seconds=UNSAID_OUTCOME_WINDOW),
+        )
+
+    async def interrupt_replies_of_gone_agents(self) -> list[Message]:
+        """Settle `streaming` replies whose agent id's lease lapsed (not yet announced)."""
+        lapsed_before = store.now() - datetime.timedelta(seconds=self.config.lease_ttl)
+        replies = await db_retrying(store.replies_of_gone_agents, lapsed_before)
+        if not replies:
+            return []
+        return await db_retrying(actions.interrupt_replies, [r.pk for r in replies])
+
+    async def _heartbeat_loop(self) -> None:
+        from .identity import renew_interval
+
+        while True:
+            await asyncio.sleep(renew_interval(self.config.lease_ttl))
+            try:
+                held = await self.lease.renew()
+            except Exception as error:  # noqa: BLE001 - try again next beat
+                logger.warning("renewing the lease on %s failed: %r", self.config.agent_id, error)
+                continue
+            if not held:
+                logger.critical(
+                    "agent id %s was taken over by another process (this one stalled for "
+                    "longer than %.0fs); stopping",
+                    self.config.agent_id,
+                    self.config.lease_ttl,
+                )
+                self.lease.held = False
+                self.lease_lost.set()
+                return
+
+    async def _sweeper_loop(self) -> None:
+        """Every `sweep_interval`: take in prompts that slipped through intake (see module)."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            await self.sweep_once()
+
+    async def sweep_once(self) -> int:
+        now_ms = int(time.time() * 1000)
+        window_start = time.monotonic() - self.config.sweep_window
+        found = 0
+        for session in list(self.sessions.values()):
+            if not session.ready or session.closed or session.last_activity < window_start:
+                continue
+            try:
+                found += await session.sweep(now_ms)
+            except Exception as error:  # noqa: BLE001 - next round
+                logger.warning("sweeping %s failed: %r", session.channel_name, error)
+        return found
+
+    async def announce_unsaid_outcomes(self, agent_ids: list[str]) -> int:
+        """Publish `stop` for replies these (gone) agents saved but may not have announced.
+
+        Save, then say: a process killed between the two leaves a final row and devices still
+        waiting. For each reply they finished lately, the channel's history tells whether its
+        `stop` went out; if not, the whole text and the stored outcome are published now.
+        Each reply is looked at once per process. Returns how many were announced.
+        """
+        if not agent_ids:
+            return 0
+        since = store.now() - datetime.timedelta(seconds=UNSAID_OUTCOME_WINDOW)
+        replies = await db_retrying(store.finished_replies_of, agent_ids, since)
+        announced = 0
+        for reply in replies:
+            if reply.pk in self._outcomes_checked:
+                continue
+            self._outcomes_checked.add(reply.pk)
+            if await self._stop_on_channel(reply) is False:
+                await self.announce_outcome(reply)
+                announced += 1
+        return announced
+
+    async def _stop_on_channel(self, reply: Message) -> bool | None:
+        """Whether the agent's `stop` for this reply is in channel history (None: unknown)."""
+        response_id = str(reply.response_id)
+        since_ms = int(reply.created_at.timestamp() * 1000) - 5_000
+        try:
+            assert self.pool.rest is not None
+            channel = self.pool.rest.channels.get(
+                events.conversation_channel(reply.conversation_id)
+            )
+            page = await channel.history(direction="forwards", start=since_ms, limit=1000)
+            while True:
+                for message in page.items:
+                    headers = (message.extras or {}).get("headers") or {}
+                    if (
+                        message.name == events.Name.STOP
+                        and message.client_id == self.config.agent_client_id
+                        and headers.get("responseId") == response_id
+                    ):
+                        return True
+                if not page.has_next():
+                    return False
+                page = await page.next()
+        except Exception as error:  # noqa: BLE001 - unknown: leave it (a reload is right)
+            logger.warning("could not read reply %s's history: %r", response_id, error)
+            return None
+
+    async def announce_outcome(self, reply: Message) -> None:
+        """The whole stored text of a finished reply, then its `stop`, as the database has it."""
+        headers = events.ReplyHeaders(str(reply.response_id), str(reply.prompt_id), reply.model)
+        whole: list[Any] = []
+        for part, text in ((events.Part.THINKING, reply.thinking), (events.Part.TEXT, reply.text)):
+            if not text:
+                continue
+            if self.config.message_per_token:
+                whole.append(events.Snapshot(headers, part, text))
+            else:
+                whole.append(events.ResponseChunk(headers, part, text))
+        stop = events.Stop(
+            headers,
+            events.Status(reply.status),
+            stop_reason=reply.stop_reason or None,
+            error_message=reply.error,
+        )
+        channel_name = events.conversation_channel(reply.conversation_id)
+        connection = self.pool.for_channel(channel_name)
+        try:
+            for event in [*whole, stop]:
+                await with_retries(
+                    lambda event=event: self._publish_on(connection, channel_name, event),
+                    attempts=2,
+                )
+        except Exception as error:  # noqa: BLE001 - a reload shows the stored outcome
+            logger.error("announcing the outcome of %s failed: %r", reply.response_id, error)
+            return
+        logger.info(
+            "reply %s (agent %s) was saved as %s but never announced: announced it now",
+            reply.response_id,
+            reply.agent_id,
+            reply.status,
+        )
 
     async def announce_interrupted(self, reply: Message) -> None:
         """Tell devices an abandoned reply is over, and keep the text they saw of it."""
@@ -754,7 +1117,7 @@ class Agent:
         self.stopping = True
         # Replies aborted at the end of the grace period still get a moment to say so.
         self.hard_deadline = time.monotonic() + grace + min(5.0, self.config.publish_deadline)
-        for task in (self._janitor, self._discovery):
+        for task in (self._janitor, self._discovery, self._sweeper):
             if task is not None:
                 task.cancel()
         for task in self._opening.values():
@@ -779,14 +1142,37 @@ class Agent:
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.anthropic.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        # Released only now: while the lease is held no other process settles these replies.
+        await self.lease.release()
         logger.info("agent %s stopped", self.config.agent_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
         try:
-            await stop.wait()
+            await self.start()
+        except BaseException:
+            await self.shutdown(grace_period=0)
+            raise
+        try:
+            stopped = asyncio.ensure_future(stop.wait())
+            lost = asyncio.ensure_future(self.lease_lost.wait())
+            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            lost.cancel()
         finally:
             await self.shutdown()
+
+    def publish_from_thread(self, channel: str, event: Any) -> None:
+        """Publish a server event (e.g. a list change) from the database thread without
+        blocking it: the HTTP call runs in a worker thread, tracked like any background task."""
+        if self._loop is None or self._loop.is_closed():
+            realtime.publish(channel, event)
+            return
+        self._loop.call_soon_threadsafe(
+            lambda: self.spawn(asyncio.to_thread(realtime.publish, channel, event))
+        )
 
     def spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -860,8 +1246,10 @@ class Agent:
     async def _open(
         self, conversation_id: str, history_since_ms: int | None
     ) -> ConversationSession | None:
-        if self.stopping or not await db(store.conversation_exists, conversation_id):
+        if self.stopping:
             return None
+        # A deleted conversation's channel is attached too: its devices get refusals.
+        deleted = not await db_retrying(store.conversation_exists, conversation_id)
         channel_name = events.conversation_channel(conversation_id)
         connection = self.pool.for_new_channel()
         if not connection.has_room(self.config.max_channels_per_connection):
@@ -873,7 +1261,7 @@ class Agent:
                     channel_name,
                 )
                 return None
-        session = ConversationSession(self, conversation_id, connection)
+        session = ConversationSession(self, conversation_id, connection, deleted=deleted)
         connection.attached[channel_name] = session
         self.sessions[conversation_id] = session
         try:
@@ -905,11 +1293,24 @@ class Agent:
         interval = max(1.0, min(30.0, self.config.idle_detach_after / 4))
         while True:
             await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.config.idle_detach_after
+            try:
+                for reply in await self.interrupt_replies_of_gone_agents():
+                    await self.announce_interrupted(reply)
+                await self.announce_unsaid_outcomes(await self._recently_gone_agent_ids())
+            except Exception as error:  # noqa: BLE001 - next round
+                logger.warning("settling replies of gone agents failed: %r", error)
+            now = time.monotonic()
             for session in list(self.sessions.values()):
+                if session.deleted:
+                    if (
+                        not session.busy
+                        and session.last_activity < now - self.config.deleted_linger
+                    ):
+                        await self.close_session(session)
+                    continue
                 streaming = await db(store.streaming_replies, session.conversation_id)
                 await session.settle_orphans(streaming)
-                if session.busy or session.last_activity > cutoff:
+                if session.busy or session.last_activity > now - self.config.idle_detach_after:
                     continue
                 # A device still attached would not re-open the channel (no lifecycle event), so
                 # keep the channel while anyone but the agent is present.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +79,18 @@ class AgentConfig:
     discovery_interval: float = 30.0
     generate_titles: bool = True
     title_max_chars: int = 80
+    # An agent id's lease lapses when its holder has not renewed it for this long: then the
+    # holder is known gone and its `streaming` replies are interrupted (see agent.identity).
+    lease_ttl: float = 30.0
+    # The intake sweeper: this often, each conversation active within the window compares the
+    # prompts in its channel history with the database and takes in what slipped through.
+    sweep_interval: float = 15.0
+    sweep_window: float = 300.0
+    # A prompt younger than this is left to the normal intake (it may be on its way).
+    sweep_grace: float = 5.0
+    # A conversation that was deleted stays attached this long after its last prompt, to
+    # refuse what its devices still send.
+    deleted_linger: float = 60.0
 
     def __post_init__(self) -> None:
         if self.streaming_pattern not in STREAMING_PATTERNS:
@@ -112,6 +123,10 @@ class AgentConfig:
             raise ConfigError("grace period must not be negative")
         if self.model_attempts < 1:
             raise ConfigError("model attempts must be at least 1")
+        if self.lease_ttl < 1:
+            raise ConfigError("lease ttl must be at least 1 second")
+        if self.sweep_interval <= 0 or self.sweep_window <= 0:
+            raise ConfigError("sweep interval and window must be positive")
 
     @property
     def message_per_token(self) -> bool:
@@ -125,8 +140,10 @@ class AgentConfig:
         """Build from Django settings at call time (never at import), then apply overrides."""
         from django.conf import settings
 
+        from .identity import default_agent_id
+
         values: dict[str, Any] = {
-            "agent_id": socket.gethostname(),
+            "agent_id": default_agent_id(),
             "ably_key": settings.ABLY_API_KEY,
             "ably_endpoint": settings.ABLY_ENDPOINT,
             "agent_client_id": settings.ABLY_AGENT_CLIENT_ID,

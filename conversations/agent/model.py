@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class RetryNotice:
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+NO_RESPONSE_MESSAGE = "Claude did not respond in time. Please try again."
 
 
 def make_client(config: AgentConfig) -> anthropic.AsyncAnthropic:
@@ -122,7 +124,7 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
                 "kept; please send your message again."
             )
         else:
-            message = "Claude did not respond in time. Please try again."
+            message = NO_RESPONSE_MESSAGE
         return ModelFailure(message, stop_reason="error", detail=repr(error))
     if isinstance(error, anthropic.APIStatusError):
         kind = getattr(error, "type", None) or ""
@@ -236,17 +238,32 @@ async def open_stream(
     on_retry: Callable[[RetryNotice], Awaitable[None]],
 ) -> AsyncIterator[ModelStream]:
     """A streaming Messages request entered with retries; leaving the block closes the HTTP
-    stream (which is what stops generation server-side)."""
+    stream (which is what stops generation server-side).
+
+    Every attempt and every pause between them share one deadline, `config.stall_timeout` from
+    the first request: a model that never answers (not even with response headers) is reported
+    once that has passed, not after each attempt has waited out its own read timeout.
+    """
+    deadline = time.monotonic() + config.stall_timeout
     attempt = 0
     while True:
         attempt += 1
         manager = client.messages.with_streaming_response.create(**request, stream=True)
         try:
-            stream = await manager.__aenter__()
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                stream = await manager.__aenter__()
+        except TimeoutError as error:
+            logger.info("model attempt %d got no response before the deadline", attempt)
+            raise ModelFailure(
+                NO_RESPONSE_MESSAGE, stop_reason="error", detail="no response headers in time"
+            ) from error
         except (anthropic.APIStatusError, anthropic.APIConnectionError) as error:
             if attempt >= config.model_attempts or not is_retryable(error):
                 raise describe_failure(error, mid_stream=False) from error
             delay = retry_delay(error, attempt, config)
+            if time.monotonic() + delay >= deadline:
+                # The next attempt could not even start in time: report this failure now.
+                raise describe_failure(error, mid_stream=False) from error
             reason = (
                 f"HTTP {error.status_code}"
                 if isinstance(error, anthropic.APIStatusError)

@@ -2,23 +2,30 @@
 
 Every function is synchronous and short; the agent calls them through `db()`, which runs them
 in Django's thread for sync code and closes stale connections around each unit of work.
+`db_retrying()` does the same and tries again, with backoff and a deadline, when the database
+fails transiently (SQLite `database is locked`, a dropped Postgres connection): what the agent
+must not lose (a prompt, a reply's outcome) goes through it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from conversations import realtime
-from conversations.models import Conversation, Message
+from conversations.models import AgentLease, Conversation, Message
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,6 +50,49 @@ async def db(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
             close_old_connections()
 
     return await sync_to_async(unit, thread_sensitive=True)()
+
+
+logger = logging.getLogger(__name__)
+
+# Errors that may pass: a lock held by another process, a connection that dropped, a server
+# restarting. IntegrityError and DataError are answers, not accidents, and are never retried.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+DB_RETRY_SECONDS = 30.0
+DB_RETRY_FIRST_DELAY = 0.05
+DB_RETRY_MAX_DELAY = 2.0
+
+
+async def db_retrying(
+    function: Callable[P, R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """`db()`, tried again on transient database errors for up to DB_RETRY_SECONDS.
+
+    Each unit of work is its own transaction, so a failed attempt left nothing behind. The
+    pauses are awaited on the event loop, never slept on Django's one database thread.
+    """
+    deadline = time.monotonic() + DB_RETRY_SECONDS
+    delay = DB_RETRY_FIRST_DELAY
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await db(function, *args, **kwargs)
+        except TRANSIENT_DB_ERRORS as error:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            pause = min(delay * (0.5 + random.random()), remaining)
+            logger.warning(
+                "%s failed (attempt %d: %r); trying again in %.2fs",
+                getattr(function, "__name__", "database work"),
+                attempt,
+                error,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, DB_RETRY_MAX_DELAY)
 
 
 def user_for_client_id(client_id: str | None) -> Any | None:
@@ -104,6 +154,37 @@ def streaming_replies(conversation_id: Any) -> list[Message]:
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
         )
+    )
+
+
+def replies_of_gone_agents(stale_before: datetime.datetime) -> list[Message]:
+    """`streaming` replies whose agent id's lease lapsed before `stale_before` (its holder has
+    not renewed it since, so it is known gone) or was released (it shut down)."""
+    lapsed = AgentLease.objects.filter(heartbeat_at__lt=stale_before).values("agent_id")
+    return list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            agent_id__in=lapsed,
+        )
+    )
+
+
+def recently_lapsed_agent_ids(
+    *, lapsed_before: datetime.datetime, since: datetime.datetime
+) -> list[str]:
+    """Agent ids whose lease lapsed lately: their holder stopped renewing it between `since`
+    and `lapsed_before` (a lease released at shutdown is dated long before `since`)."""
+    lapsed = AgentLease.objects.filter(heartbeat_at__lt=lapsed_before, heartbeat_at__gte=since)
+    return list(lapsed.values_list("agent_id", flat=True))
+
+
+def finished_replies_of(agent_ids: list[str], since: datetime.datetime) -> list[Message]:
+    """Replies these agents finished (any final status) since `since`."""
+    return list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT, agent_id__in=agent_ids, completed_at__gte=since
+        ).exclude(status=Message.Status.STREAMING)
     )
 
 

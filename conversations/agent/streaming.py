@@ -17,6 +17,14 @@ queued send is its own task, so a publish made just after CONNECTED can overtake
 stand-in restart soak saw appends land out of order), and a send it reported failed can still
 go out later from its pending queue. Only the full text, sent after those have drained, makes
 every device's copy exact.
+
+Permanent Ably errors (a 4xxxx code other than a rate limit or an expired token, e.g. 40400
+`message not found` after the realtime service lost its state) are never retried: waiting cannot
+fix them. A repair that meets one publishes the whole text as a new message instead.
+
+A `response` message's id is random and first seen when the agent publishes it: an id derived
+from the reply's headers could be published first by a device (the conversation's owner may
+publish on the channel), and Ably would then drop the agent's create as a duplicate.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -113,6 +122,31 @@ REPAIR_RETRY_DELAYS = (0.5, 1.0, 2.0)
 STATE_POLL_SECONDS = 1.0
 
 
+MESSAGE_NOT_FOUND = 40400
+# ably-python: "Cannot publish message; connection state is ..." (RTL6c).
+SDK_NOT_CONNECTED = 40001
+
+
+def ably_error_code(error: BaseException) -> int | None:
+    """The Ably error code of an SDK exception (e.g. 40400), or None for other failures."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def is_permanent_ably_error(error: BaseException) -> bool:
+    """A 4xxxx Ably error that trying again cannot fix.
+
+    Rate limits (429xx) pass with time and token errors (40140-40149) with the SDK's renewal;
+    every other 4xxxx (not found, refused capability, bad request) is the same on every try.
+    The exception is 40001, which ably-python raises itself for a publish while its connection
+    is suspended or closed: that passes when the connection comes back.
+    """
+    code = ably_error_code(error)
+    if code is None or not 40000 <= code < 50000:
+        return False
+    return not (42900 <= code < 43000 or 40140 <= code <= 40149 or code == SDK_NOT_CONNECTED)
+
+
 async def with_retries(
     operation: Callable[[], Awaitable[Any]], attempts: int = len(REPAIR_RETRY_DELAYS) + 1
 ) -> None:
@@ -120,8 +154,8 @@ async def with_retries(
         try:
             await operation()
             return
-        except Exception:
-            if delay is None:
+        except Exception as error:
+            if delay is None or is_permanent_ably_error(error):
                 raise
             await asyncio.sleep(delay)
 
@@ -176,7 +210,7 @@ async def publish_until(
                 await operation()
             return
         except Exception as error:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or is_permanent_ably_error(error):
                 raise
             pause = next(delays, REPAIR_RETRY_DELAYS[-1])
             logger.info("%s failed (%r); trying again", what, error)
@@ -364,12 +398,21 @@ class MessagePerResponseStream(ReplyStream):
         super().__init__(*args, **kwargs)
         self.serials: dict[events.Part, str | None] = {}
         self._current_part: events.Part | None = None
+        self._create_ids: dict[events.Part, str] = {}
+        # Everything handed to `_send` per part so far (what a re-created message carries).
+        self._sent_text: dict[events.Part, str] = {part: "" for part in events.Part}
+        # Parts whose message Ably no longer has (an append answered 40400).
+        self._lost: set[events.Part] = set()
 
     def _extras(self, part: events.Part) -> dict[str, Any]:
         return events.ResponseChunk(self.reply, part, "").extras()
 
     def _create_id(self, part: events.Part) -> str:
-        return f"{self.reply.response_id}:{part}"
+        # Random, never derived from the reply's headers (see the module doc); kept per part
+        # so a repeated create is the same message to Ably.
+        if part not in self._create_ids:
+            self._create_ids[part] = new_message_id()
+        return self._create_ids[part]
 
     def _create_message(self, part: events.Part) -> Message:
         # Idempotent publishing: a create re-sent by the SDK, or repeated by `_recover` after a
@@ -392,9 +435,13 @@ class MessagePerResponseStream(ReplyStream):
             self.failed_parts.add(part)
 
     async def _send(self, part: events.Part, text: str) -> None:
+        self._sent_text[part] += text
         if part not in self.serials:
             await self._create(part)
             await self.limiter.acquire()
+        if part in self._lost:
+            await self._replace_lost(part)
+            return
         serial = self.serials[part]
         if serial is None:
             return  # No message to append to; `_recover` publishes the whole text.
@@ -404,6 +451,32 @@ class MessagePerResponseStream(ReplyStream):
                 self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
             ),
         )
+        self._in_flight[-1][1].add_done_callback(lambda task: self._note_lost(part, task))
+
+    def _note_lost(self, part: events.Part, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if ably_error_code(task.exception()) == MESSAGE_NOT_FOUND:  # type: ignore[arg-type]
+            self._lost.add(part)
+
+    async def _replace_lost(self, part: events.Part) -> None:
+        """Ably lost this part's message (e.g. restarted without its state): appending to it
+        can never work again. Publish the text so far as a new message and go on appending to
+        that one, so devices have the whole text now rather than when the reply ends."""
+        await self._gather(part)  # the appends to the lost message, failed or not
+        self._lost.discard(part)  # after them: each failed one marked it lost again
+        try:
+            await self._publish_whole(part, self._sent_text[part])
+        except Exception as error:  # noqa: BLE001 - `_recover` tries again at the end
+            logger.warning("re-creating the %s message of %s failed: %r", part, self.reply, error)
+            self.serials[part] = None
+            self.failed_parts.add(part)
+            return
+        self.messages_sent += 1
+        if self.serials[part] is not None:
+            # The new message holds everything sent so far: the failed appends are covered.
+            self.failed_parts.discard(part)
+        logger.info("the %s message of %s was lost: re-created it whole", part, self.reply)
 
     async def _recover(self) -> None:
         for part in sorted(self.failed_parts):
@@ -420,16 +493,21 @@ class MessagePerResponseStream(ReplyStream):
                         lambda: self.channel.publish(self._create_message(part))
                     )
                     serial = self.serials[part] = first_serial(result)
-                extras = self._extras(part)
                 if serial is None:
                     # Ably did not say (as it may for a de-duplicated publish): a new message
                     # with the whole text, which devices take over the first.
-                    repair_id = f"{self._create_id(part)}:repair"
-                    whole = self._message(events.Name.RESPONSE, text, extras, id=repair_id)
-                    await self._paced(lambda: self.channel.publish(whole))
-                else:
-                    whole = self._message(events.Name.RESPONSE, text, extras, serial=serial)
+                    await self._publish_whole(part, text)
+                    return
+                whole = self._message(events.Name.RESPONSE, text, self._extras(part), serial=serial)
+                try:
                     await self._paced(lambda: self.channel.update_message(whole))
+                except Exception as error:
+                    if ably_error_code(error) != MESSAGE_NOT_FOUND:
+                        raise
+                    # The realtime service lost the message (e.g. restarted without its
+                    # state): updating it can never work, a new one with the whole text does.
+                    logger.info("the %s message of %s is gone: re-creating it", part, self.reply)
+                    await self._publish_whole(part, text)
 
             try:
                 await publish_until(
@@ -442,6 +520,15 @@ class MessagePerResponseStream(ReplyStream):
                 logger.info("repaired %s of reply %s with its full text", part, self.reply)
             except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
                 logger.error("could not repair %s of reply %s: %r", part, self.reply, error)
+
+    async def _publish_whole(self, part: events.Part, text: str) -> None:
+        """A new `response` message with the whole text of `part`, under a fresh random id."""
+        self._create_ids[part] = new_message_id()
+        whole = self._message(
+            events.Name.RESPONSE, text, self._extras(part), id=self._create_ids[part]
+        )
+        result = await self._paced(lambda: self.channel.publish(whole))
+        self.serials[part] = first_serial(result)
 
 
 class MessagePerTokenStream(ReplyStream):
@@ -474,6 +561,11 @@ class MessagePerTokenStream(ReplyStream):
                 logger.info("published a snapshot of %s for reply %s", part, self.reply)
             except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
                 logger.error("could not publish a snapshot for reply %s: %r", self.reply, error)
+
+
+def new_message_id() -> str:
+    """An Ably message id nobody can guess before the agent publishes it (128 random bits)."""
+    return secrets.token_urlsafe(16)
 
 
 def first_serial(result: Any) -> str | None:

@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         help='capability of one --key, e.g. devapp.devkey=\'{"[*]*":["*"]}\'',
     )
     parser.add_argument(
+        "--revocable-tokens",
+        action="append",
+        dest="revocable_token_keys",
+        default=[],
+        metavar="KEYNAME",
+        help="turn on Ably's 'revocable tokens' setting for this key (repeatable): "
+        "POST /keys/KEYNAME/revokeTokens works, its tokens live at most 1 hour "
+        f"(default: {DEFAULT_KEY.split(':')[0]} only)",
+    )
+    parser.add_argument(
         "--namespace",
         action="append",
         dest="namespaces",
@@ -89,6 +99,8 @@ def config_from_args(args: argparse.Namespace) -> HubConfig:
         if not separator:
             raise ValueError(f"--capability expects KEYNAME=JSON, got {entry!r}")
         config.key_capabilities[key_name] = capability
+    if args.revocable_token_keys:
+        config.revocable_token_keys = list(args.revocable_token_keys)
     if args.namespaces:
         config.namespaces = {rule.name: rule for rule in args.namespaces}
     return config

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 # Same value as chatsite.settings.DEV_ABLY_API_KEY; duplicated so the stand-in never imports Django.
 DEFAULT_KEY = "devapp.devkey:dev-secret-change-me"
+DEFAULT_KEY_NAME = DEFAULT_KEY.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class HubConfig:
     # keyName -> capability JSON; keys not listed get {"*":["*"]}, which (as in Ably) does not
     # cover [meta] channels: grant "[meta]*" or "[*]*" explicitly for those.
     key_capabilities: dict[str, str] = field(default_factory=dict)
+    # Key names with Ably's "revocable tokens" setting on: `POST /keys/{name}/revokeTokens`
+    # works for them, and their tokens live at most an hour. Off for a new Ably key; on for the
+    # development key, as the app's production key must have it (deleting a conversation
+    # revokes its owner's tokens).
+    revocable_token_keys: list[str] = field(default_factory=lambda: [DEFAULT_KEY_NAME])
     namespaces: dict[str, NamespaceRule] = field(default_factory=default_namespaces)
     server_id: str = "emu"
     # History of persisted namespaces; other channels keep Ably's 2 minutes.

@@ -9,6 +9,7 @@ once `next_timer_due()` has passed. REST requests are plain method calls returni
 from __future__ import annotations
 
 import base64
+import dataclasses
 import heapq
 import itertools
 import json
@@ -337,12 +338,14 @@ class Hub:
         self.keyring = keyring or auth.Keyring()
         if keyring is None:
             for key in self.config.keys:
-                capability = self.config.key_capabilities.get(key.split(":", 1)[0])
-                self.keyring.add(
-                    auth.ApiKey.parse(
-                        key, auth.Capability.parse(capability) if capability else None
-                    )
+                key_name = key.split(":", 1)[0]
+                capability = self.config.key_capabilities.get(key_name)
+                api_key = auth.ApiKey.parse(
+                    key, auth.Capability.parse(capability) if capability else None
                 )
+                if key_name in self.config.revocable_token_keys:
+                    api_key = dataclasses.replace(api_key, revocable_tokens=True)
+                self.keyring.add(api_key)
         self.connections: dict[str, Connection] = {}
         self.connections_by_key: dict[str, Connection] = {}
         # Keys of discarded or superseded connections (bounded): resuming with one is "expired"
@@ -631,11 +634,35 @@ class Hub:
 
         connection.expiry_timer = self.schedule(expires - self.now(), expire)
 
-    def enforce_revocations(self) -> None:
-        """Disconnect (40141) every live connection whose token a revocation now covers."""
+    def revoke_tokens(
+        self, key_name: str, body: Any, *, credentials: auth.Credentials
+    ) -> dict[str, Any]:
+        """`POST /keys/{key_name}/revokeTokens`: record the revocations (Ably's BatchResult back)
+        and act on live connections at once: those a revocation covers now are disconnected
+        with 40141; with `allowReauthMargin`, those it will cover are asked to renew first."""
+        result = self.keyring.revoke_tokens(
+            key_name, body, now_ms=self.now(), credentials=credentials
+        )
+        self.enforce_revocations(hint_pending=True)
+        return result
+
+    def enforce_revocations(self, *, hint_pending: bool = False) -> None:
+        """Disconnect (40141) every live connection whose token a revocation now covers.
+
+        `hint_pending` (right after a revocation with `allowReauthMargin`): a connection whose
+        token a revocation will cover once the margin is over is asked to re-authenticate now
+        (AUTH), as Ably does, so a client that can renew upgrades in place and never drops.
+        """
         now = self.now()
         for connection in list(self.connections.values()):
             error = self.keyring.revocation_error(connection.credentials, now_ms=now)
+            if (
+                hint_pending
+                and error is None
+                and connection.transport_id is not None
+                and self.keyring.next_revocation_at(connection.credentials, now_ms=now) is not None
+            ):
+                self._send(connection, {"action": Action.AUTH})
             if error is not None and connection.transport_id is not None:
                 transport_id = connection.transport_id
                 self._send_transport(
@@ -679,6 +706,9 @@ class Hub:
         self.transports[transport_id] = connection
         self._schedule_expiry(connection)
         self._send_connected(connection)
+        # A resume may bring a new token (a client renewing after 40141/40142): what it no
+        # longer grants is detached, as on an in-place AUTH.
+        self._apply_capability(connection)
         log.info("resumed id=%s", connection.id)
 
     def transport_lost(self, transport_id: int) -> None:
@@ -820,6 +850,11 @@ class Hub:
             connection.client_id = client_id
         self._schedule_expiry(connection)
         self._send_connected(connection)
+        self._apply_capability(connection)
+        log.info("reauthenticated id=%s", connection.id)
+
+    def _apply_capability(self, connection: Connection) -> None:
+        """Re-grant every attachment's modes from the connection's (new) credentials."""
         for attachment in list(connection.attachments.values()):
             allowed = self._allowed_modes(connection, attachment.channel.name)
             # The new capability re-grants the modes: an upgrade adds (e.g. publish), a
@@ -840,7 +875,6 @@ class Hub:
                         ).to_dict(),
                     },
                 )
-        log.info("reauthenticated id=%s", connection.id)
 
     # ---------------------------------------------------------------- channels
 

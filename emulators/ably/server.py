@@ -515,10 +515,9 @@ class AblyApp:
         if head == "keys" and len(segments) == 3 and segments[2] == "revokeTokens":
             if method != "POST":
                 raise AblyError(40500, "Method not allowed", 405)
-            result = hub.keyring.revoke_tokens(
-                segments[1], await self._body(request), now_ms=self.clock(), credentials=credentials
+            result = hub.revoke_tokens(
+                segments[1], await self._body(request), credentials=credentials
             )
-            hub.enforce_revocations()
             self.flush()
             return 200, result, {}
         if head == "messages" and len(segments) == 1 and method == "POST":

@@ -431,6 +431,8 @@ function applyMessage(message) {
       return applyStop(message);
     case NAMES.title:
       return applyTitle(typeof message.data === "string" ? message.data : "");
+    case NAMES.refusal:
+      return applyRefusal(message);
     default:
       return undefined; // cancel and anything newer than this client: nothing to show.
   }
@@ -490,6 +492,20 @@ function applyStop(message) {
   if (!target || target.reply.final) return;
   const status = FINAL_STATUSES.has(target.headers.status) ? target.headers.status : STATUS.complete;
   finishReply(target.reply, status, typeof message.data === "string" ? message.data : "");
+}
+
+// The agent will not answer a prompt (malformed, conversation deleted, not storable): the
+// prompt shows why instead of waiting for a reply that never comes.
+function applyRefusal(message) {
+  const promptId = headersOf(message).promptId;
+  const reason = typeof message.data === "string" && message.data ? message.data : "Not answered.";
+  const entry = typeof promptId === "string" ? prompts.get(promptId) : undefined;
+  if (entry) {
+    // A prompt that already has a reply was answered (a refusal can only be a late repeat).
+    if (!promptIsSettled(promptId)) setPromptState(entry, "failed", reason);
+    return;
+  }
+  showStatusNote(reason);
 }
 
 function applyTitle(title) {

@@ -13,4 +13,6 @@ def _realtime_outbox(monkeypatch):
 
     outbox: list = []
     monkeypatch.setattr(realtime, "outbox", outbox)
+    # Token revocations likewise land in `realtime.revocation_outbox` (clientIds).
+    monkeypatch.setattr(realtime, "revocation_outbox", [])
     return outbox

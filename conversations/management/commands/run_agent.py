@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from conversations import events
 from conversations.agent import Agent, AgentConfig, ConfigError
 from conversations.agent.config import STREAMING_PATTERNS
+from conversations.agent.identity import AgentIdInUse
 
 logger = logging.getLogger("conversations.agent")
 
@@ -44,9 +45,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--agent-id",
-            help="Name of this agent process, stored on the replies it claims. Give each "
-            "process of a deployment its own stable id: on start-up an agent marks replies "
-            "left streaming under its id as interrupted. Default: the host name.",
+            help="Name of this agent process, stored on the replies it claims. Default: "
+            "<host>-<pid>-<random>, unique per process. A configured id is held through a "
+            "lease in the database: starting a second process with the id of a running one is "
+            "refused (non-zero exit); a restart under the id of a dead process (kill -9, host "
+            "reboot) takes it over and marks the replies it left streaming as interrupted.",
+        )
+        parser.add_argument(
+            "--lease-ttl",
+            type=float,
+            help="Seconds without a heartbeat after which an agent id's holder counts as gone "
+            "and its streaming replies are interrupted (default 30).",
+        )
+        parser.add_argument(
+            "--sweep-interval",
+            type=float,
+            help="Seconds between intake sweeps, which compare each active conversation's "
+            "recent prompts (channel history) with the database and take in any that slipped "
+            "through (default 15).",
         )
         parser.add_argument(
             "--connections",
@@ -166,6 +182,8 @@ class Command(BaseCommand):
             key: options.get(key)
             for key in (
                 "agent_id",
+                "lease_ttl",
+                "sweep_interval",
                 "connections",
                 "concurrency",
                 "flush_window",
@@ -226,5 +244,9 @@ class Command(BaseCommand):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
             await agent.run(stop)
-        except ConnectionError as error:
+        except (ConnectionError, AgentIdInUse) as error:
             raise CommandError(str(error)) from None
+        if agent.lease_lost.is_set():
+            raise CommandError(
+                f"agent id {config.agent_id!r} was taken over by another process; stopped"
+            )
