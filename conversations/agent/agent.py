@@ -605,7 +605,7 @@ class ReplyRun:
             await self._end(status, stop_reason=str(status))
             return
 
-        context = await db(
+        context = await db_retrying(
             store.model_context,
             self.prompt,
             default_system=self.config.system_prompt,
@@ -657,7 +657,7 @@ class ReplyRun:
         limit = self.config.prompt_rate_limit_per_minute
         if limit > 0:
             since = self.prompt.created_at - datetime.timedelta(minutes=1)
-            earlier = await db(
+            earlier = await db_retrying(
                 store.prompts_since, self.prompt.client_id, since, excluding=self.prompt.pk
             )
             if earlier >= limit:
