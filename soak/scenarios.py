@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,22 @@ class Stack:
     ably_pid: int | None = None
     anthropic_pid: int | None = None
     agents: int = 0
+    database: str = "SQLite"
+    # The stand-in as a child process on a fixed port, when a scenario kills and restarts it.
+    ably_service: Service | None = None
+
+    def wipe_ably(self) -> None:
+        """kill -9 the Ably stand-in and start it again on the same port, with empty state."""
+        old = self.ably_service
+        assert old is not None, "this scenario's stand-in is not a restartable process"
+        old.process.kill()
+        old.process.wait(10)
+        old.stop()
+        port = int(self.ably_endpoint.rsplit(":", 1)[1])
+        fresh = Service(old.name, list(map(str, old.process.args)), self.workdir)
+        common.wait_for_port(port, fresh.process, 30, fresh.log_path)
+        self.services[self.services.index(old)] = fresh
+        self.ably_service, self.ably_pid = fresh, fresh.pid
 
     def start_agent(self, agent_id: str, *extra: str) -> Service:
         self.agents += 1
@@ -136,12 +152,16 @@ def start_anthropic(workdir: Path, tokens_per_second: float, ttft_ms: float) -> 
     return service, f"http://127.0.0.1:{port}"
 
 
-def setup(workdir: Path, ably_endpoint: str, anthropic_url: str) -> dict[str, str]:
+def setup(
+    workdir: Path, ably_endpoint: str, anthropic_url: str, database_url: str | None = None
+) -> dict[str, str]:
+    database = {"DATABASE_URL": database_url} if database_url else {}
     env = common.setup_django(
         workdir / "soak.sqlite3",
         ABLY_API_KEY=common.DEV_ABLY_KEY,
         ABLY_ENDPOINT=ably_endpoint,
         ANTHROPIC_BASE_URL=anthropic_url,
+        **database,
     )
     quiet_sdk_logging()
     return env
@@ -587,12 +607,61 @@ async def restart(stack: Stack, tiny: bool, server: Any) -> tuple[bool, str]:
 
 # --- driver ---------------------------------------------------------------------------------------
 
+DEFAULT_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
-def run(name: str, tiny: bool) -> int:
+
+@contextlib.contextmanager
+def scratch_postgres(name: str) -> Any:
+    """A fresh Postgres database of this scenario's own, dropped afterwards."""
+    import psycopg
+
+    server = os.environ.get("SOAK_POSTGRES_SERVER", DEFAULT_POSTGRES_SERVER)
+    database = f"soak_{name}_{os.getpid()}"
+    admin = server.replace("postgres://", "postgresql://", 1) + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{database}"')
+    try:
+        yield f"{server}/{database}"
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def scenario_for(name: str, stack: Stack, tiny: bool, server: Any) -> Awaitable[tuple[bool, str]]:
+    # Issue 13's scenarios live in soak/faults.py.
+    from soak import faults
+
+    if name == "load":
+        return load(stack, tiny)
+    if name == "crash":
+        return crash(stack, tiny)
+    if name == "restart":
+        return restart(stack, tiny, server)
+    if name in ("agents", "dbfail"):
+        return faults.agents_under_load(stack, tiny, sabotage=name == "dbfail")
+    return {
+        "malformed": faults.malformed,
+        "dupid": faults.duplicate_id,
+        "stopcrash": faults.stop_crash,
+        "ablywipe": faults.ably_wipe,
+        "noheaders": faults.no_headers,
+    }[name](stack, tiny)
+
+
+def run(name: str, tiny: bool, postgres: bool = False) -> int:
     from emulators.ably.testing import start_server
 
-    with common.workdir(f"soak-{name}") as workdir, common.services() as services:
+    with contextlib.ExitStack() as cleanup:
+        workdir = cleanup.enter_context(common.workdir(f"soak-{name}"))
+        database_url = cleanup.enter_context(scratch_postgres(name)) if postgres else None
+        services = cleanup.enter_context(common.services())
         in_process_ably = None
+        ably_service = None
         if name == "restart":
             # Restarted in place (same port, same state), which only the in-process server does.
             in_process_ably = start_server()
@@ -604,20 +673,15 @@ def run(name: str, tiny: bool) -> int:
             limits = {"history_retention": LOAD_HISTORY_RETENTION_SECONDS} if name == "load" else {}
             ably, port = common.start_ably(workdir, **limits)
             services.append(ably)
-            ably_endpoint, ably_pid = f"http://127.0.0.1:{port}", ably.pid
+            ably_endpoint, ably_pid, ably_service = f"http://127.0.0.1:{port}", ably.pid, ably
         anthropic, anthropic_url = start_anthropic(workdir, tokens_per_second=150, ttft_ms=100)
         services.append(anthropic)
-        env = setup(workdir, ably_endpoint, anthropic_url)
+        env = setup(workdir, ably_endpoint, anthropic_url, database_url)
         stack = Stack(workdir, ably_endpoint, anthropic_url, env, services, ably_pid, anthropic.pid)
-        scenario: Callable[[], Awaitable[tuple[bool, str]]]
-        if name == "load":
-            scenario = lambda: load(stack, tiny)  # noqa: E731
-        elif name == "crash":
-            scenario = lambda: crash(stack, tiny)  # noqa: E731
-        else:
-            scenario = lambda: restart(stack, tiny, in_process_ably)  # noqa: E731
+        stack.database = "Postgres" if postgres else "SQLite"
+        stack.ably_service = ably_service
         try:
-            ok, summary = asyncio.run(scenario())
+            ok, summary = asyncio.run(scenario_for(name, stack, tiny, in_process_ably))
         finally:
             if in_process_ably is not None:
                 in_process_ably.stop()
@@ -627,4 +691,4 @@ def run(name: str, tiny: bool) -> int:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    sys.exit(run(arguments[0], "--tiny" in arguments))
+    sys.exit(run(arguments[0], "--tiny" in arguments, "--postgres" in arguments))
