@@ -32,7 +32,7 @@ from ably.types.message import Message as AblyMessage
 from conversations import actions, events
 from conversations.models import Message
 
-from . import model as claude, store
+from . import attachments, model as claude, store
 from .config import AgentConfig
 from .pool import ConnectionPool, PooledConnection
 from .store import db
@@ -87,6 +87,8 @@ class ConversationSession:
         self.active: ReplyRun | None = None
         # Cancels that matched no reply yet: id -> monotonic expiry.
         self.early_cancels: dict[str, float] = {}
+        # Prompts whose attachments were refused at intake: promptId -> the reason (issue 17).
+        self.attachment_refusals: dict[str, str] = {}
         self.last_activity = time.monotonic()
         self.presence_status: events.AgentStatus | None = None
         self._presence_lock = asyncio.Lock()
@@ -206,6 +208,12 @@ class ConversationSession:
                 "ignoring prompt %s on %s: %s", prompt.prompt_id, self.channel_name, error
             )
             return
+        # Attachments (issue 17): link the files the prompt names, or note why it may not.
+        refusal = await db(
+            attachments.link_to_prompt, stored, [item.id for item in prompt.attachments]
+        )
+        if refusal:
+            self.attachment_refusals[prompt.prompt_id] = refusal
         self.last_activity = time.monotonic()
         self.prompts.put_nowait(stored)
 
@@ -413,7 +421,8 @@ class ReplyRun:
         await self.session.set_status(events.AgentStatus.THINKING)
         await self.session.publish_until(events.Start(self.headers), self.publish_deadline())
 
-        rejection = await self._check_limits()
+        rejection = self.session.attachment_refusals.pop(self.prompt_id, None)
+        rejection = rejection or await self._check_limits()
         if rejection is not None:
             await self._end(events.Status.ERROR, stop_reason="rejected", error=rejection)
             return
