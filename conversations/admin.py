@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import actions
+from .attachment_admin import attachments_table
 from .models import Conversation, Message
 
 User = get_user_model()
@@ -153,13 +154,17 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ("archived", ReplyStatusFilter, "created_at")
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email", "messages__text")
-    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link")
+    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link", "attachments")
     fields = ("id", "owner", "title", "title_set_by_user", "system_prompt", "archived")
-    fields += ("created_at", "updated_at", "watch_link")
+    fields += ("created_at", "updated_at", "watch_link", "attachments")
     ordering = ("-updated_at",)
     date_hierarchy = "updated_at"
     inlines = (TranscriptInline,)
     actions = ("archive_selected", "export_json", "export_markdown")
+
+    @admin.display(description="attachments")
+    def attachments(self, conversation: Conversation) -> str:
+        return attachments_table(conversation)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (

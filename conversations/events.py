@@ -6,7 +6,10 @@ devices also share `user:<client-id>` for conversation-list updates.
 
 Conversation channel contract:
 
-- `prompt`   user device -> all. data = the prompt text; headers.promptId = a UUID the device made.
+- `prompt`   user device -> all. data = the prompt text; headers.promptId = a UUID the device made;
+             headers.attachments (optional) = a JSON array of the files sent with it, each
+             {id, name, kind, type, size, width?, height?, pages?} (ids and display metadata,
+             never the bytes: see `AttachmentRef`).
 - `start`    agent -> all. headers responseId, promptId, model.
 - `response` agent -> all (message-per-response): created empty, then appended to; headers
              responseId, promptId, model, part (`text` or `thinking`) on the create and every append.
@@ -33,6 +36,7 @@ verified clientId that may write to the conversation.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -142,10 +146,89 @@ def _extras(headers: dict[str, Any]) -> dict[str, Any]:
     return {"headers": {k: v for k, v in headers.items() if v is not None}}
 
 
+# More than the composer ever sends (settings cap it lower); keeps a prompt far under 64 KiB.
+MAX_PROMPT_ATTACHMENTS = 100
+ATTACHMENT_KINDS = ("image", "pdf", "text")
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """One file sent with a prompt, as the prompt carries it: an id and what devices show.
+
+    The agent trusts only the id (and checks it against the database); the rest is display.
+    """
+
+    id: str
+    name: str
+    kind: str
+    media_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    pages: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "type": self.media_type,
+            "size": self.size,
+        }
+        for key in ("width", "height", "pages"):
+            if getattr(self, key) is not None:
+                item[key] = getattr(self, key)
+        return item
+
+    @classmethod
+    def from_dict(cls, item: Any) -> AttachmentRef:
+        if not isinstance(item, dict):
+            raise EventError("each attachment must be an object")
+        try:
+            attachment_id = str(uuid.UUID(str(item.get("id"))))
+        except ValueError:
+            raise EventError("attachment id is not a UUID") from None
+        kind = item.get("kind")
+        if kind not in ATTACHMENT_KINDS:
+            raise EventError("attachment kind is not image, pdf or text")
+
+        def number(key: str) -> int | None:
+            value = item.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return cls(
+            id=attachment_id,
+            name=str(item.get("name") or "file")[:255],
+            kind=kind,
+            media_type=str(item.get("type") or "")[:100],
+            size=number("size") or 0,
+            width=number("width"),
+            height=number("height"),
+            pages=number("pages"),
+        )
+
+
+def _attachments_header(headers: dict[str, Any]) -> tuple[AttachmentRef, ...]:
+    # A JSON string, not a nested array: Ably header values are meant to be primitives.
+    raw = headers.get("attachments")
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, str):
+        raise EventError("headers.attachments must be a JSON string")
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise EventError("headers.attachments is not JSON") from None
+    if not isinstance(items, list) or len(items) > MAX_PROMPT_ATTACHMENTS:
+        raise EventError(f"headers.attachments must be a list of at most {MAX_PROMPT_ATTACHMENTS}")
+    return tuple(AttachmentRef.from_dict(item) for item in items)
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt_id: str
     text: str
+    attachments: tuple[AttachmentRef, ...] = ()
 
     name = Name.PROMPT
 
@@ -153,13 +236,23 @@ class Prompt:
         return self.text
 
     def extras(self) -> dict[str, Any]:
-        return _extras({"promptId": self.prompt_id})
+        attachments = (
+            json.dumps([item.to_dict() for item in self.attachments], separators=(",", ":"))
+            if self.attachments
+            else None
+        )
+        return _extras({"promptId": self.prompt_id, "attachments": attachments})
 
     @classmethod
     def from_wire(cls, data: Any, extras: Any) -> Prompt:
         if not isinstance(data, str):
             raise EventError("prompt data must be text")
-        return cls(prompt_id=_uuid_header(_headers(extras), "promptId"), text=data)
+        headers = _headers(extras)
+        return cls(
+            prompt_id=_uuid_header(headers, "promptId"),
+            text=data,
+            attachments=_attachments_header(headers),
+        )
 
 
 @dataclass(frozen=True)

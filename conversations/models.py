@@ -139,3 +139,51 @@ class AgentLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} ({self.host} pid {self.pid})"
+
+
+# --- Attachments (issue 17) -------------------------------------------------------------------
+
+
+def attachment_upload_to(attachment: Attachment, filename: str) -> str:
+    # Never the uploader's name: it could carry a path or an extension a server would act on.
+    return f"attachments/{attachment.conversation_id}/{attachment.id}"
+
+
+class Attachment(models.Model):
+    """One uploaded file: verified by decoding, stored through Django's storage API.
+
+    Uploaded before its prompt is sent; the agent links it to the prompt (`messages`) once it
+    has checked the prompt may use it. A retried or regenerated prompt links it again.
+    """
+
+    class Kind(models.TextChoices):
+        IMAGE = "image"
+        PDF = "pdf"
+        TEXT = "text"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="attachments"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments"
+    )
+    # The prompts it was sent with; none while it waits in a composer.
+    messages = models.ManyToManyField(Message, blank=True, related_name="attachments")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # The verified type (from the bytes), never the one the browser declared.
+    media_type = models.CharField(max_length=100)
+    name = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    pages = models.PositiveIntegerField(null=True, blank=True)
+    file = models.FileField(upload_to=attachment_upload_to, max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.name

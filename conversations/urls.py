@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import attachment_views, views
 
 app_name = "conversations"
 
@@ -22,4 +22,11 @@ urlpatterns = [
         name="unarchive",
     ),
     path("conversations/<uuid:conversation_id>/delete", views.conversation_delete, name="delete"),
+    # Attachments (issue 17).
+    path(
+        "conversations/<uuid:conversation_id>/attachments",
+        attachment_views.attachment_upload,
+        name="attachment_upload",
+    ),
+    path("attachments/<uuid:attachment_id>", attachment_views.attachment_file, name="attachment"),
 ]

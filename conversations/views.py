@@ -79,6 +79,12 @@ def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
     }
 
 
+def _attachment_config(conversation: Conversation, *, can_upload: bool) -> dict[str, Any]:
+    from .attachment_views import client_config  # attachment_views imports this module
+
+    return client_config(conversation, can_upload=can_upload)
+
+
 def login_view(request: HttpRequest) -> HttpResponse:
     return LoginView.as_view(extra_context={"signup_enabled": settings.SIGNUP_ENABLED})(request)
 
@@ -150,7 +156,7 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id, write=False)
     read_only = not conversation.user_can_write
-    turns = list(conversation.messages.all())
+    turns = list(conversation.messages.prefetch_related("attachments"))
     token_url = reverse("conversations:ably_token") + f"?conversation={conversation.pk}"
     context = {
         "conversation": conversation,
@@ -169,6 +175,7 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
             displayTitle=conversation.display_title,
             archived=conversation.archived,
             readOnly=read_only,
+            attachments=_attachment_config(conversation, can_upload=not read_only),
             storedResponseIds=[str(t.response_id) for t in turns if t.response_id],
             storedPromptIds=sorted({str(t.prompt_id) for t in turns if t.role == "user"}),
             conversationUrls={

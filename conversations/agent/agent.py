@@ -49,7 +49,7 @@ from ably.types.message import Message as AblyMessage
 from conversations import actions, events, realtime
 from conversations.models import Message
 
-from . import model as claude, store
+from . import attachments, model as claude, store
 from .config import AgentConfig
 from .identity import Lease
 from .pool import ConnectionPool, PooledConnection
@@ -133,6 +133,8 @@ class ConversationSession:
         self.active: ReplyRun | None = None
         # Cancels that matched no reply yet: id -> monotonic expiry.
         self.early_cancels: dict[str, float] = {}
+        # Prompts whose attachments were refused at intake: promptId -> the reason (issue 17).
+        self.attachment_refusals: dict[str, str] = {}
         self.last_activity = time.monotonic()
         self.presence_status: events.AgentStatus | None = None
         self._presence_lock = asyncio.Lock()
@@ -340,6 +342,12 @@ class ConversationSession:
             return
         self.intake_failures.pop(prompt.prompt_id, None)
         self.seen_prompt_ids.add(prompt.prompt_id)
+        # Attachments (issue 17): link the files the prompt names, or note why it may not.
+        refusal = await db_retrying(
+            attachments.link_to_prompt, stored, [item.id for item in prompt.attachments]
+        )
+        if refusal:
+            self.attachment_refusals[prompt.prompt_id] = refusal
         self.last_activity = time.monotonic()
         self.queue(stored)
 
@@ -596,7 +604,8 @@ class ReplyRun:
         await self.session.set_status(events.AgentStatus.THINKING)
         await self.session.publish_until(events.Start(self.headers), self.publish_deadline())
 
-        rejection = await self._check_limits()
+        rejection = self.session.attachment_refusals.pop(self.prompt_id, None)
+        rejection = rejection or await self._check_limits()
         if rejection is not None:
             await self._end(events.Status.ERROR, stop_reason="rejected", error=rejection)
             return

@@ -25,6 +25,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from conversations import realtime
+from conversations.agent import attachments
 from conversations.models import AgentLease, Conversation, Message
 
 P = ParamSpec("P")
@@ -237,10 +238,15 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
         kept.append((user_turn, reply))
     kept.reverse()
     messages: list[dict[str, Any]] = []
+    user_messages: list[tuple[dict[str, Any], Message]] = []
     for user_turn, reply in kept:
         messages.append({"role": "user", "content": user_turn.text})
+        user_messages.append((messages[-1], user_turn))
         messages.append({"role": "assistant", "content": reply.text})
     messages.append({"role": "user", "content": prompt.text})
+    user_messages.append((messages[-1], prompt))
+    # Attachments (issue 17): files become content blocks within what is left of the budget.
+    attachments.add_to_context(user_messages, budget)
     return ModelContext(
         system=system,
         messages=messages,

@@ -43,6 +43,16 @@ def _notice(turn: Message) -> str:
     return ""
 
 
+def _attachments(turn: Message) -> str:
+    # Issue 17: the files sent with a prompt (prefetched by the view); same markup as
+    # static/js/attachments.js renders for live prompts.
+    if turn.role != Message.Role.USER:
+        return ""
+    from ..attachment_rendering import attachment_list
+
+    return attachment_list(turn.attachments.all())
+
+
 @register.simple_tag
 def stored_turn(turn: Message, viewer_client_id: str) -> SafeString:
     """One stored prompt or reply, with the hooks static/js/conversation.js hydrates from."""
@@ -63,5 +73,6 @@ def stored_turn(turn: Message, viewer_client_id: str) -> SafeString:
         f'<article class="turn turn-{role}" data-role="{role}" data-status="{escape(turn.status)}"'
         f' data-prompt-id="{turn.prompt_id}" data-response-id="{turn.response_id or ""}"{model}'
         f' aria-label="{_label(turn, viewer_client_id)}">{thinking}'
-        f'<div class="turn-text" data-markdown>{escape(turn.text)}</div>{_notice(turn)}</article>'
+        f'<div class="turn-text" data-markdown>{escape(turn.text)}</div>{_attachments(turn)}'
+        f"{_notice(turn)}</article>"
     )

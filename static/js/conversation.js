@@ -8,6 +8,8 @@
 
 import { bindConnectionBadge, createRealtime, headersOf, newUuid, readConfig } from "./realtime.js";
 import { attachCopyButton, renderMarkdown, renderPlain } from "./markdown.js";
+// Attachments (issue 17): the composer's files and the list under a prompt.
+import { attachmentsHeader, attachmentsOf, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
 
 const config = readConfig();
 const contract = config.contract;
@@ -51,6 +53,7 @@ let liveQueue = [];
 let hydratedOnce = false;
 let agentStatus = null;
 let stickToBottom = true;
+let composerFiles = null; // issue 17: bindComposerAttachments(), null when read-only
 
 // ---------------------------------------------------------------------------------------------
 // Scrolling: follow the stream unless the reader scrolled up to read something earlier.
@@ -188,16 +191,19 @@ function setPromptState(entry, state, detail) {
   }
 }
 
-function addPrompt(promptId, text, { fromHere = false, clientId = null, awaitingReply = true } = {}) {
+function addPrompt(promptId, text, { fromHere = false, clientId = null, awaitingReply = true, attachments = [] } = {}) {
   if (prompts.has(promptId)) return prompts.get(promptId);
   removeEmptyNote();
   const element = turnShell("user");
   element.dataset.promptId = promptId;
   element.setAttribute("aria-label", fromHere || clientId === config.clientId ? "You" : "Prompt");
   renderPlain(element.querySelector(".turn-text"), text);
+  // Issue 17: the files sent with it, under the text.
+  const fileList = renderAttachmentList(config.attachments, attachments);
+  if (fileList) element.querySelector(".turn-text").after(fileList);
   turnsElement.append(element);
   // Until its reply starts, Stop cancels the prompt itself (the agent may still be queueing it).
-  const entry = { promptId, text, element, state: "sent", awaitingReply };
+  const entry = { promptId, text, element, state: "sent", awaitingReply, attachments };
   prompts.set(promptId, entry);
   if (fromHere) setPromptState(entry, "sending");
   followStream();
@@ -357,10 +363,12 @@ function decorateFinalReply(reply) {
   if (config.readOnly) return;
   const promptText = promptTextFor(reply.promptId);
   if (promptText === null) return;
+  // Issue 17: the prompt's files go again with it (read when clicked, from the prompt's list).
+  const resend = () => sendPrompt(promptText, attachmentsOf(promptElementFor(reply.promptId)));
   if (reply.status === STATUS.error || reply.status === STATUS.interrupted) {
-    actionButton(bar, "Retry", "retry", () => sendPrompt(promptText));
+    actionButton(bar, "Retry", "retry", resend);
   }
-  actionButton(bar, "Regenerate", "regenerate", () => sendPrompt(promptText));
+  actionButton(bar, "Regenerate", "regenerate", resend);
   refreshRegenerateVisibility();
 }
 
@@ -446,7 +454,8 @@ function applyPrompt(message) {
     if (entry.state !== "sent") setPromptState(entry, "sent");
     return;
   }
-  addPrompt(promptId, message.data, { clientId: message.clientId });
+  const attachments = parseAttachmentsHeader(headersOf(message)); // issue 17
+  addPrompt(promptId, message.data, { clientId: message.clientId, attachments });
 }
 
 function applyResponseChunk(message) {
@@ -633,14 +642,15 @@ function showComposerError(message) {
   composerError.hidden = !message;
 }
 
-function sendPrompt(text) {
-  const problem = validatePrompt(text);
+function sendPrompt(text, attachments = []) {
+  // Issue 17: files alone make a message; text is then optional.
+  const problem = attachments.length && !text.trim() ? null : validatePrompt(text);
   if (problem) {
     showComposerError(problem);
     return false;
   }
   showComposerError("");
-  const entry = addPrompt(newUuid(), text, { fromHere: true });
+  const entry = addPrompt(newUuid(), text, { fromHere: true, attachments });
   readerScrolls(false);
   stickToBottom = true;
   followStream();
@@ -657,8 +667,11 @@ function flushOutbox() {
   while (outbox.length) {
     const entry = outbox.shift();
     setPromptState(entry, "sending");
+    const headers = { promptId: entry.promptId };
+    const attachments = attachmentsHeader(entry.attachments); // issue 17
+    if (attachments) headers.attachments = attachments;
     channel
-      .publish({ name: NAMES.prompt, data: entry.text, extras: { headers: { promptId: entry.promptId } } })
+      .publish({ name: NAMES.prompt, data: entry.text, extras: { headers } })
       .then(() => {
         if (entry.state === "sending") setPromptState(entry, "sent");
       })
@@ -713,10 +726,18 @@ function updateControls() {
 
 function bindComposer() {
   if (!composer || config.readOnly) return;
+  // Issue 17: attach button, drag-and-drop onto the page, paste.
+  composerFiles = bindComposerAttachments(config.attachments, {
+    root: composer.querySelector("[data-attachments-composer]"),
+    dropTarget: document.body,
+  });
   composer.addEventListener("submit", (event) => {
     event.preventDefault();
-    if (sendPrompt(composerInput.value)) {
+    const files = composerFiles ? composerFiles.forSending() : { items: [], problem: null };
+    if (files.problem) showComposerError(files.problem);
+    else if (sendPrompt(composerInput.value, files.items)) {
       composerInput.value = "";
+      if (composerFiles) composerFiles.clearSent();
       autoGrow();
     }
     composerInput.focus();
