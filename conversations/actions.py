@@ -139,9 +139,13 @@ def finish_reply(
     error: str = "",
     input_tokens: int = 0,
     output_tokens: int = 0,
+    usage_estimated: bool = False,
     first_token_at: Any = None,
 ) -> bool:
-    """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted)."""
+    """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted).
+
+    `usage_estimated`: `output_tokens` is the agent's estimate, not the API's count (a reply
+    stopped, failed or interrupted before the API reported it)."""
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
             status=str(status),
@@ -151,6 +155,7 @@ def finish_reply(
             error=error,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            usage_estimated=usage_estimated,
             first_token_at=first_token_at,
             completed_at=timezone.now(),
         )
@@ -197,10 +202,14 @@ def apply_generated_title(conversation_id: Any, title: str) -> bool:
     return bool(updated)
 
 
-def record_interrupted_text(reply: Message, *, text: str, thinking: str) -> None:
-    """Keep what devices saw of an interrupted reply (read back from the channel's history)."""
+def record_interrupted_text(
+    reply: Message, *, text: str, thinking: str, output_tokens: int = 0
+) -> None:
+    """Keep what devices saw of an interrupted reply (read back from the channel's history),
+    with an estimate of the output tokens it cost: the process that streamed it died before
+    writing the API's count."""
     Message.objects.filter(pk=reply.pk, status=Message.Status.INTERRUPTED).update(
-        text=text, thinking=thinking
+        text=text, thinking=thinking, output_tokens=output_tokens, usage_estimated=True
     )
 
 

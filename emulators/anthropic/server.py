@@ -124,6 +124,9 @@ class EmulatorState:
         default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT)
     )
     _queued_faults: list[Fault] = field(default_factory=list)
+    # Set when the server starts shutting down: streams still running end at once (as a real
+    # server going away drops them) rather than outlast uvicorn's graceful-shutdown timeout.
+    closing: bool = False
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def queue_fault(self, fault: Fault | str, count: int = 1) -> None:
@@ -441,6 +444,9 @@ class _EventStream(Response):
 
             group.start_soon(watch_for_disconnect)
             for step in self.generation.steps():
+                if self.state.closing:
+                    outcome = "dropped"
+                    break
                 if isinstance(step, Pause):
                     await self.sleep(step.seconds)
                 elif isinstance(step, Drop):
