@@ -168,6 +168,7 @@ def finish_reply(
     error: str = "",
     input_tokens: int = 0,
     output_tokens: int = 0,
+    usage_estimated: bool = False,
     first_token_at: Any = None,
     publish: Callable[[str, realtime.Event], None] | None = None,
 ) -> bool:
@@ -175,6 +176,8 @@ def finish_reply(
 
     `publish` sends the list change after commit (default `realtime.publish`, a blocking HTTP
     call); the agent passes one that hands it to another thread, off its database thread.
+    `usage_estimated`: `output_tokens` is the agent's estimate, not the API's count (a reply
+    stopped, failed or interrupted before the API reported it).
     """
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
@@ -185,6 +188,7 @@ def finish_reply(
             error=storable(error),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            usage_estimated=usage_estimated,
             first_token_at=first_token_at,
             completed_at=timezone.now(),
         )
@@ -238,10 +242,17 @@ def apply_generated_title(conversation_id: Any, title: str) -> bool:
     return bool(updated)
 
 
-def record_interrupted_text(reply: Message, *, text: str, thinking: str) -> None:
-    """Keep what devices saw of an interrupted reply (read back from the channel's history)."""
+def record_interrupted_text(
+    reply: Message, *, text: str, thinking: str, output_tokens: int = 0
+) -> None:
+    """Keep what devices saw of an interrupted reply (read back from the channel's history),
+    with an estimate of the output tokens it cost: the process that streamed it died before
+    writing the API's count."""
     Message.objects.filter(pk=reply.pk, status=Message.Status.INTERRUPTED).update(
-        text=storable(text), thinking=storable(thinking)
+        text=storable(text),
+        thinking=storable(thinking),
+        output_tokens=output_tokens,
+        usage_estimated=True,
     )
 
 

@@ -57,6 +57,7 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
                 "error": message.error,
                 "input_tokens": message.input_tokens,
                 "output_tokens": message.output_tokens,
+                "usage_estimated": message.usage_estimated,
                 "created_at": message.created_at.isoformat(),
                 "completed_at": message.completed_at.isoformat() if message.completed_at else None,
             }
@@ -125,6 +126,7 @@ class TranscriptInline(admin.TabularInline):
         "error",
         "input_tokens",
         "output_tokens",
+        "usage_estimated",
     )
     readonly_fields = fields
     ordering = ("created_at", "id")

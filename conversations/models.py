@@ -88,6 +88,9 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # True when output_tokens is the agent's estimate from the text streamed (a reply stopped,
+    # failed or interrupted before the API reported its count), not the API's own figure.
+    usage_estimated = models.BooleanField(default=False)
     # Which agent process claimed the prompt (multi-agent exactly-once) and when.
     agent_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

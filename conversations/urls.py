@@ -9,6 +9,8 @@ app_name = "conversations"
 urlpatterns = [
     path("", views.conversation_list, name="list"),
     path("ably/token", views.ably_token, name="ably_token"),
+    # The empty composer: a conversation only exists once its first prompt creates it.
+    path("new", views.conversation_new, name="new"),
     # conversations/
     path("conversations/new", views.conversation_create, name="create"),
     path("conversations/<uuid:conversation_id>/", views.conversation_detail, name="detail"),

@@ -55,6 +55,7 @@ from .identity import Lease
 from .pool import ConnectionPool, PooledConnection
 from .store import db, db_retrying
 from .streaming import ReplyStream, publish_until, reply_stream, with_retries
+from .titles import Titles
 
 logger = logging.getLogger(__name__)
 reply_log = logging.getLogger("conversations.agent.replies")
@@ -67,10 +68,6 @@ DISCOVERY_LOOKBACK_SECONDS = 10.0
 HISTORY_PAGE_LIMIT = 100
 ORDERING_POLL_SECONDS = 0.1
 FALLBACK_DISCOVERY_INTERVAL = 2.0
-TITLE_SYSTEM_PROMPT = (
-    "You name conversations. Reply with a short title of at most six words for the "
-    "conversation below: no quotes, no trailing punctuation, nothing else."
-)
 
 OVERSIZE_MESSAGE = (
     "This message is too long ({length:,} characters; the limit is {limit:,}). "
@@ -99,6 +96,27 @@ REFUSAL_PUBLISH_SECONDS = 15.0
 RATE_LIMIT_MESSAGE = (
     "You are sending messages faster than {limit} a minute. Please wait a moment and try again."
 )
+
+
+# At shutdown, how long leaving the channels and closing the connections may take, and how long
+# a reply whose last publish gave up at the hard deadline gets to store its outcome.
+LEAVE_SECONDS = 1.0
+OUTCOME_WRITE_SECONDS = 0.5
+
+
+async def _until(awaitable: Awaitable[Any], deadline: float) -> bool:
+    """Await `awaitable` until the monotonic `deadline`; False if it had to be cancelled."""
+    if deadline == float("inf"):
+        await awaitable
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await awaitable
+    except TimeoutError:
+        return False
+    except Exception as error:  # noqa: BLE001 - shutting down: report and carry on
+        logger.warning("shutdown step failed: %r", error)
+    return True
 
 
 class ConversationSession:
@@ -555,6 +573,7 @@ class ReplyRun:
         self.first_token_at: datetime.datetime | None = None
         self.first_token_latency: float | None = None
         self.usage = (0, 0)
+        self.usage_estimated = False
         self.stop_reason: str | None = None
         self.model_stream: claude.ModelStream | None = None
         self.ended = False
@@ -609,17 +628,23 @@ class ReplyRun:
         if rejection is not None:
             await self._end(events.Status.ERROR, stop_reason="rejected", error=rejection)
             return
-        if self._abort.done():
-            status = self._abort.result()
-            await self._end(status, stop_reason=str(status))
-            return
-
         context = await db(
             store.model_context,
             self.prompt,
             default_system=self.config.system_prompt,
             token_budget=self.config.context_token_budget,
         )
+        # A new conversation's title is written from the prompt alongside the reply (and also
+        # when the reply is stopped or fails).
+        titling = self.config.generate_titles and context.first_exchange and context.needs_title
+        if titling:
+            self.agent.titles.start(self.session.conversation_id, self.prompt)
+        if self._abort.done():
+            status = self._abort.result()
+            await self._end(status, stop_reason=str(status))
+            if titling:
+                self.agent.titles.after_first_reply(self.session.conversation_id, self.prompt, "")
+            return
         self.stream = reply_stream(
             self.config.message_per_token,
             self.session.channel,
@@ -630,13 +655,10 @@ class ReplyRun:
         )
         status, stop_reason, error = await self._generate(context)
         await self._end(status, stop_reason=stop_reason, error=error)
-        if (
-            self.config.generate_titles
-            and status == events.Status.COMPLETE
-            and context.first_exchange
-            and context.needs_title
-        ):
-            self.agent.spawn(self.agent.generate_title(self.session, self.prompt, self._text()))
+        if titling:
+            self.agent.titles.after_first_reply(
+                self.session.conversation_id, self.prompt, self._text()
+            )
 
     async def _wait_for_earlier_replies(self) -> bool:
         """Answer in order across agent processes: let an earlier reply (elsewhere) finish first.
@@ -742,7 +764,8 @@ class ReplyRun:
         if self.model_stream is None:
             return
         self.stop_reason = self.model_stream.stop_reason if self.model_stream.finished else None
-        self.usage = (self.model_stream.input_tokens, self.model_stream.output_tokens)
+        input_tokens, output_tokens, self.usage_estimated = self.model_stream.usage()
+        self.usage = (input_tokens, output_tokens)
 
     def _text(self, part: events.Part = events.Part.TEXT) -> str:
         return self.stream.full_text[part] if self.stream else ""
@@ -754,7 +777,10 @@ class ReplyRun:
         assert self.reply is not None
         self.ended = True
         if self.stream is not None:
-            await self.stream.finish()
+            if not await _until(self.stream.finish(), self.agent.hard_deadline):
+                # Shutting down while Ably is unreachable (`make run` stops it too): sends still
+                # waiting for an ack are dropped; the outcome is stored all the same.
+                await self.stream.abort()
             if self.stream.failed_parts and status == events.Status.COMPLETE:
                 # Devices may hold a reply with a gap: never let them show it as complete.
                 logger.error(
@@ -775,6 +801,7 @@ class ReplyRun:
                 error=error,
                 input_tokens=self.usage[0],
                 output_tokens=self.usage[1],
+                usage_estimated=self.usage_estimated,
                 first_token_at=self.first_token_at,
                 publish=self.agent.publish_from_thread,
             )
@@ -800,7 +827,8 @@ class ReplyRun:
         latency = f"{self.first_token_latency * 1000:.0f}" if self.first_token_latency else "-"
         reply_log.info(
             "reply conversation=%s response=%s status=%s stop_reason=%s ttft_ms=%s "
-            "input_tokens=%d output_tokens=%d chars=%d messages=%d duration_ms=%.0f pattern=%s",
+            "input_tokens=%d output_tokens=%d usage=%s chars=%d messages=%d duration_ms=%.0f "
+            "pattern=%s",
             self.session.conversation_id,
             self.response_id,
             status,
@@ -808,6 +836,7 @@ class ReplyRun:
             latency,
             self.usage[0],
             self.usage[1],
+            "estimated" if self.usage_estimated else "api",
             len(self._text()),
             self.stream.messages_sent if self.stream else 0,
             (time.monotonic() - self.started) * 1000,
@@ -836,6 +865,7 @@ class Agent:
         self.hard_deadline = float("inf")
         self._opening: dict[str, asyncio.Task[ConversationSession | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.titles = Titles(self)
         self._janitor: asyncio.Task[None] | None = None
         self._discovery: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -1072,7 +1102,13 @@ class Agent:
             logger.error("publishing interrupted stop on %s failed: %r", channel_name, error)
         text, thinking = await self._text_on_channel(reply)
         if text or thinking:
-            await db(actions.record_interrupted_text, reply, text=text, thinking=thinking)
+            await db(
+                actions.record_interrupted_text,
+                reply,
+                text=text,
+                thinking=thinking,
+                output_tokens=claude.estimate_output_tokens(text, thinking),
+            )
         logger.info("reply %s (agent %s) was interrupted", reply.response_id, reply.agent_id)
 
     @staticmethod
@@ -1124,8 +1160,10 @@ class Agent:
         """Stop taking prompts, let in-flight replies finish within the grace period, leave."""
         grace = self.config.grace_period if grace_period is None else grace_period
         self.stopping = True
-        # Replies aborted at the end of the grace period still get a moment to say so.
-        self.hard_deadline = time.monotonic() + grace + min(5.0, self.config.publish_deadline)
+        # Replies aborted at the end of the grace period still get a moment to say so: up to
+        # 5 s, and no longer than the grace itself (a short grace is a quick stop, `make run`).
+        slack = min(5.0, self.config.publish_deadline, max(1.0, grace))
+        self.hard_deadline = time.monotonic() + grace + slack
         for task in (self._janitor, self._discovery, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -1140,15 +1178,23 @@ class Agent:
             for run in list(self.runs):
                 run.abort(events.Status.INTERRUPTED)
             # Bounded: a reply waiting out an Ably outage is cancelled with its session below,
-            # and the next start settles it as interrupted.
-            while self.runs and time.monotonic() < self.hard_deadline:
+            # and the next start settles it as interrupted. Its publish gives up at the hard
+            # deadline; a moment more lets it write its outcome all the same.
+            while self.runs and time.monotonic() < self.hard_deadline + OUTCOME_WRITE_SECONDS:
                 await asyncio.sleep(0.05)
-        await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+        # Leaving (presence, detach, closing the connections) waits on Ably, which may be
+        # stopping too (`make run`): bounded, so the process always exits.
+        leave_deadline = max(time.monotonic(), self.hard_deadline) + LEAVE_SECONDS
+        await _until(
+            asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True),
+            leave_deadline,
+        )
         self.sessions.clear()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.pool.close()
+        if not await _until(self.pool.close(), leave_deadline):
+            logger.warning("the Ably connections did not close in time; leaving anyway")
         with contextlib.suppress(Exception):
             await self.anthropic.close()
         if self._heartbeat is not None:
@@ -1327,31 +1373,6 @@ class Agent:
                     continue
                 await self.close_session(session)
 
-    # --- titles ------------------------------------------------------------------------------
-
-    async def generate_title(
-        self, session: ConversationSession, prompt: Message, reply_text: str
-    ) -> None:
-        request = {
-            "model": self.config.model,
-            "max_tokens": 32,
-            "system": TITLE_SYSTEM_PROMPT,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": f"User: {prompt.text[:2000]}\n\nAssistant: {reply_text[:2000]}",
-                }
-            ],
-        }
-        try:
-            text = await claude.complete_text(self.anthropic, request)
-        except Exception as error:  # noqa: BLE001 - a missing title is cosmetic
-            logger.warning("title for %s failed: %r", session.conversation_id, error)
-            return
-        title = clean_title(text, self.config.title_max_chars)
-        if title and await db(actions.apply_generated_title, session.conversation_id, title):
-            logger.info("titled %s %r", session.conversation_id, title)
-
     # --- testing and operations --------------------------------------------------------------
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
@@ -1359,13 +1380,3 @@ class Agent:
         async with asyncio.timeout(timeout):
             while any(s.busy for s in self.sessions.values()) or self._opening:
                 await asyncio.sleep(0.02)
-
-
-def clean_title(text: str, max_chars: int) -> str:
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = line.strip("\"'“”‘’`*# ").rstrip(".!?:;,")
-    if line.lower().startswith("title:"):
-        line = line[len("title:") :].strip()
-    if len(line) > max_chars:
-        line = line[: max_chars - 1].rstrip() + "…"
-    return line

@@ -170,17 +170,45 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
     )
 
 
+# Claude's tokenizer averages about four characters of English prose per token; used only when a
+# stream ended before the API said how many tokens it generated.
+CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+def estimate_output_tokens(*texts: str) -> int:
+    """An estimate of the tokens it took to generate `texts` (stored marked as an estimate)."""
+    return _tokens_for_chars(sum(len(text) for text in texts))
+
+
+def _tokens_for_chars(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN_ESTIMATE)
+
+
 class ModelStream:
     """One reply's server-sent events, read as `(kind, text)` deltas: kind is "text" or
     "thinking". `stop_reason` and the token counts are filled in as their events pass; a
-    stream that ends without `message_stop` leaves `stop_reason` None."""
+    stream that ends without `message_stop` leaves `stop_reason` None.
+
+    `message_start` reports the output tokens so far (1), `message_delta` the reply's real count.
+    A stream cut short before `message_delta` (Stop, an error, shutdown) has only the first, so
+    `usage()` then estimates the output from the characters streamed and says so.
+    """
 
     def __init__(self, response: Any) -> None:
         self._response = response
         self.stop_reason: str | None = None
         self.input_tokens = 0
         self.output_tokens = 0
+        self.output_tokens_reported = False
+        self.streamed_chars = 0
         self.finished = False
+
+    def usage(self) -> tuple[int, int, bool]:
+        """(input tokens, output tokens, whether the output count is an estimate)."""
+        if self.output_tokens_reported:
+            return self.input_tokens, self.output_tokens, False
+        estimate = _tokens_for_chars(self.streamed_chars)
+        return self.input_tokens, max(estimate, self.output_tokens), True
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
         event_name = ""
@@ -212,9 +240,13 @@ class ModelStream:
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return "text", delta.get("text", "")
+                text = delta.get("text", "")
+                self.streamed_chars += len(text)
+                return "text", text
             if delta.get("type") == "thinking_delta":
-                return "thinking", delta.get("thinking", "")
+                thinking = delta.get("thinking", "")
+                self.streamed_chars += len(thinking)
+                return "thinking", thinking
         elif kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self.input_tokens = usage.get("input_tokens") or 0
@@ -222,7 +254,9 @@ class ModelStream:
         elif kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
             usage = event.get("usage") or {}
-            self.output_tokens = usage.get("output_tokens") or self.output_tokens
+            if usage.get("output_tokens") is not None:
+                self.output_tokens = usage["output_tokens"]
+                self.output_tokens_reported = True
             if usage.get("input_tokens"):
                 self.input_tokens = usage["input_tokens"]
         elif kind == "message_stop":

@@ -7,21 +7,44 @@ export function readConfig() {
   return JSON.parse(element.textContent);
 }
 
+/** How ably-js asks Django for a token scoped as `config` says (`tokenPath` + `tokenParams`). */
+export function authOptionsFor(config) {
+  return {
+    // authUrl is called again by ably-js before the token expires: renewal needs no code here.
+    authUrl: config.tokenPath || config.tokenUrl,
+    authParams: config.tokenParams || undefined,
+    authMethod: "GET",
+    // Session cookie, not token params, identifies the user; the server ignores the params.
+    authHeaders: { "X-Requested-With": "ably-js" },
+  };
+}
+
 /** A Realtime client that fetches its short-lived token from Django and renews it silently. */
 export function createRealtime(config) {
   if (!window.Ably) throw new Error("ably-js did not load");
   return new window.Ably.Realtime({
     ...(config.ablyClientOptions || {}),
-    // authUrl is called again by ably-js before the token expires: renewal needs no code here.
-    authUrl: config.tokenUrl,
-    authMethod: "GET",
-    // Session cookie, not token params, identifies the user; the server ignores the params.
-    authHeaders: { "X-Requested-With": "ably-js" },
+    ...authOptionsFor(config),
     // This device must hear its own prompts: the echo is how it learns they reached the channel.
     echoMessages: true,
     // The page owns presence: leave explicitly on unload instead of lingering 15 s.
     closeOnUnload: true,
   });
+}
+
+/**
+ * Re-scope the connection's token to `config`'s conversation, in place: ably-js sends the new
+ * token on the open connection (an AUTH message), so the connection, its id and every other
+ * attached channel stay as they are. Later renewals use the same scope.
+ */
+export async function authorizeFor(realtime, config) {
+  await realtime.auth.authorize(null, authOptionsFor(config));
+}
+
+/** The CSRF token Django rendered into `root` (a form's hidden field). */
+export function csrfToken(root = document) {
+  const field = root.querySelector("input[name=csrfmiddlewaretoken]") || document.querySelector("input[name=csrfmiddlewaretoken]");
+  return field ? field.value : "";
 }
 
 const CONNECTION_LABELS = {

@@ -113,6 +113,18 @@ def test_pages_fit_the_screen(stack, browser, make_device, alice, size_name, vie
     assert_fits_width(device.page, viewport["width"])
     device.page.evaluate("window.scrollTo(0, 0)")
     capture(device.page, f"conversation-{size_name}")
+    if viewport is PHONE:
+        # The conversations are a slide-over on a phone, behind the header's toggle.
+        device.page.locator("[data-sidebar-toggle]").click()
+        expect(device.page.locator("[data-sidebar]")).to_be_visible()
+        # Slid all the way in (the slide is a short transition).
+        device.page.wait_for_function(
+            "() => document.querySelector('[data-sidebar]').getBoundingClientRect().left >= 0"
+        )
+        assert_fits_width(device.page, viewport["width"])
+        capture(device.page, "sidebar-phone")
+        device.page.keyboard.press("Escape")
+        expect(device.page.locator("[data-sidebar]")).to_be_hidden()
 
     device.open("/")
     device.wait_until_live()

@@ -276,3 +276,28 @@ def test_renaming_in_the_admin_reaches_the_owners_devices(
     # A staff edit is not the user's activity.
     assert conversation.updated_at == last_activity
     assert ("title", "After") in [(p.name, p.data) for p in sent]
+
+
+def test_estimated_usage_is_flagged_and_counted_in_the_totals(staff_client, alice):
+    conversation = Conversation.objects.create(owner=alice, title="Stopped once")
+    add_turn(conversation, "q", "a complete answer", input_tokens=7, output_tokens=9)
+    add_turn(
+        conversation,
+        "q",
+        "a stopped answer",
+        input_tokens=5,
+        output_tokens=4,
+        usage_estimated=True,
+        status=Message.Status.CANCELLED,
+    )
+
+    changelist = staff_client.get(reverse("admin:conversations_conversation_changelist"))
+    assert " 4 12 13 " in f"{row_of(changelist.content.decode(), 'Stopped once')} "
+    users = staff_client.get(reverse("admin:auth_user_changelist")).content.decode()
+    assert " 4 12 13 " in f"{row_of(users, 'alice')} "
+    change = staff_client.get(
+        reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert "usage estimated" in change.lower()
+    # The flag shows per message: one estimate (True), two figures from the API or none.
+    assert change.count('alt="True"') == 1

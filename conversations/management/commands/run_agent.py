@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,8 +213,18 @@ class Command(BaseCommand):
             self._wait_for_services(config)
         # uvloop, as uvicorn picks for its servers: the agent's per-token work is mostly socket
         # reads and writes, which cost less CPU on it than on asyncio's default loop.
+        self.stopped_by_signal = False
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(self._run(config))
+        if self.stopped_by_signal:
+            # Every reply is saved and every connection closed. The interpreter's own teardown
+            # (a full garbage collection of the heap, then every module) takes seconds after a
+            # busy run, eating into the few a process manager allows (honcho's 5 s on Ctrl-C)
+            # before it kills the process: skip it.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     def _wait_for_services(self, config: AgentConfig) -> None:
         endpoints = [u for u in (config.ably_endpoint, config.anthropic_base_url) if u]
@@ -231,6 +243,7 @@ class Command(BaseCommand):
         def on_signal(signum: int) -> None:
             nonlocal signals_seen
             signals_seen += 1
+            self.stopped_by_signal = True
             if signals_seen == 1:
                 logger.info("signal %d: finishing in-flight replies", signum)
                 stop.set()
