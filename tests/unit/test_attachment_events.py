@@ -11,7 +11,7 @@ from conversations import events
 from conversations.agent.attachments import image_tokens
 from emulators.anthropic.media import image_tokens as api_image_tokens
 
-ONE = {"id": str(uuid.uuid4()), "name": "red.png", "kind": "image", "type": "image/png",
+ONE = {"id": "5fbb5947-b349-4c3d-8ada-2e8c635e783e", "name": "red.png", "kind": "image", "type": "image/png",
        "size": 1234, "width": 64, "height": 48}  # fmt: skip
 
 
