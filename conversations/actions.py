@@ -40,12 +40,14 @@ def publish_list_change(conversation: Conversation, action: events.ListAction) -
     _publish_on_commit(channel, _list_change(conversation, action))
 
 
-def create_conversation(owner: Any, *, title: str = "") -> Conversation:
+def create_conversation(owner: Any, *, title: str = "", announce: bool = True) -> Conversation:
+    """`announce=False`: no list change yet (made for a draft's first file, it is still empty)."""
     with transaction.atomic():
         conversation = Conversation.objects.create(
             owner=owner, title=storable(title), title_set_by_user=bool(title)
         )
-        publish_list_change(conversation, events.ListAction.CREATED)
+        if announce:
+            publish_list_change(conversation, events.ListAction.CREATED)
     return conversation
 
 
@@ -169,6 +171,8 @@ def finish_reply(
     input_tokens: int = 0,
     output_tokens: int = 0,
     usage_estimated: bool = False,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
     first_token_at: Any = None,
     publish: Callable[[str, realtime.Event], None] | None = None,
 ) -> bool:
@@ -177,7 +181,8 @@ def finish_reply(
     `publish` sends the list change after commit (default `realtime.publish`, a blocking HTTP
     call); the agent passes one that hands it to another thread, off its database thread.
     `usage_estimated`: `output_tokens` is the agent's estimate, not the API's count (a reply
-    stopped, failed or interrupted before the API reported it).
+    stopped, failed or interrupted before the API reported it). `cache_*_input_tokens`: the
+    prompt tokens the API wrote to / read from its prompt cache (not part of `input_tokens`).
     """
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
@@ -189,6 +194,8 @@ def finish_reply(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             usage_estimated=usage_estimated,
+            cache_creation_input_tokens=cache_creation_input_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
             first_token_at=first_token_at,
             completed_at=timezone.now(),
         )

@@ -32,6 +32,15 @@ def _subquery_total(queryset: QuerySet, group_field: str, aggregate: Any) -> Coa
     return Coalesce(Subquery(totals, output_field=IntegerField()), 0)
 
 
+def _cache_totals(messages: QuerySet, group_by: str) -> dict[str, Coalesce]:
+    """Prompt-cache token totals (`_cache_*_input_tokens`): with input and output, what the
+    prompts cost (cache writes at 1.25x the input price, reads at 0.1x)."""
+    return {
+        f"_{field}": _subquery_total(messages, group_by, Sum(field))
+        for field in ("cache_creation_input_tokens", "cache_read_input_tokens")
+    }
+
+
 # --- Exports ---
 
 
@@ -58,6 +67,8 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
                 "input_tokens": message.input_tokens,
                 "output_tokens": message.output_tokens,
                 "usage_estimated": message.usage_estimated,
+                "cache_creation_input_tokens": message.cache_creation_input_tokens,
+                "cache_read_input_tokens": message.cache_read_input_tokens,
                 "created_at": message.created_at.isoformat(),
                 "completed_at": message.completed_at.isoformat() if message.completed_at else None,
             }
@@ -127,6 +138,8 @@ class TranscriptInline(admin.TabularInline):
         "input_tokens",
         "output_tokens",
         "usage_estimated",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
     )
     readonly_fields = fields
     ordering = ("created_at", "id")
@@ -151,6 +164,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "message_count",
         "input_tokens",
         "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
         "archived",
     )
     list_filter = ("archived", ReplyStatusFilter, "created_at")
@@ -178,6 +193,7 @@ class ConversationAdmin(admin.ModelAdmin):
                 _output_tokens=_subquery_total(
                     Message.objects, "conversation", Sum("output_tokens")
                 ),
+                **_cache_totals(Message.objects, "conversation"),
             )
         )
 
@@ -196,6 +212,14 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="output tokens", ordering="_output_tokens")
     def output_tokens(self, conversation: Conversation) -> int:
         return conversation._output_tokens
+
+    @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
+    def cache_creation_input_tokens(self, conversation: Conversation) -> int:
+        return conversation._cache_creation_input_tokens
+
+    @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
+    def cache_read_input_tokens(self, conversation: Conversation) -> int:
+        return conversation._cache_read_input_tokens
 
     @admin.display(description="live view")
     def watch_link(self, conversation: Conversation) -> str:
@@ -260,6 +284,8 @@ class UsageUserAdmin(UserAdmin):
         "message_count",
         "input_tokens",
         "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
         "last_login",
     )
 
@@ -273,6 +299,7 @@ class UsageUserAdmin(UserAdmin):
                 _message_count=_subquery_total(sent, "conversation__owner", Count("pk")),
                 _input_tokens=_subquery_total(sent, "conversation__owner", Sum("input_tokens")),
                 _output_tokens=_subquery_total(sent, "conversation__owner", Sum("output_tokens")),
+                **_cache_totals(sent, "conversation__owner"),
             )
         )
 
@@ -308,6 +335,14 @@ class UsageUserAdmin(UserAdmin):
     @admin.display(description="output tokens", ordering="_output_tokens")
     def output_tokens(self, user: Any) -> int:
         return user._output_tokens
+
+    @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
+    def cache_creation_input_tokens(self, user: Any) -> int:
+        return user._cache_creation_input_tokens
+
+    @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
+    def cache_read_input_tokens(self, user: Any) -> int:
+        return user._cache_read_input_tokens
 
 
 if admin.site.is_registered(User):

@@ -91,6 +91,11 @@ class Message(models.Model):
     # True when output_tokens is the agent's estimate from the text streamed (a reply stopped,
     # failed or interrupted before the API reported its count), not the API's own figure.
     usage_estimated = models.BooleanField(default=False)
+    # Prompt caching, as the API reports it: input tokens written to the cache (billed at 1.25x
+    # the input price) and read from it (0.1x). `input_tokens` is the rest, uncached, so the
+    # prompt was input + cache creation + cache read tokens.
+    cache_creation_input_tokens = models.PositiveIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveIntegerField(default=0)
     # Which agent process claimed the prompt (multi-agent exactly-once) and when.
     agent_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -574,6 +574,7 @@ class ReplyRun:
         self.first_token_latency: float | None = None
         self.usage = (0, 0)
         self.usage_estimated = False
+        self.cache_usage = (0, 0)
         self.stop_reason: str | None = None
         self.model_stream: claude.ModelStream | None = None
         self.ended = False
@@ -696,11 +697,13 @@ class ReplyRun:
         return None
 
     def _request(self, context: store.ModelContext) -> dict[str, Any]:
+        # Prompt caching: a follow-up turn reads the conversation so far from the cache (0.1x).
+        system, messages = claude.with_cache_breakpoints(context.system, context.messages)
         request: dict[str, Any] = {
             "model": self.config.model,
             "max_tokens": self.config.max_tokens,
-            "system": context.system,
-            "messages": context.messages,
+            "system": system,
+            "messages": messages,
         }
         if self.config.thinking_budget:
             request["thinking"] = {"type": "enabled", "budget_tokens": self.config.thinking_budget}
@@ -766,6 +769,7 @@ class ReplyRun:
         self.stop_reason = self.model_stream.stop_reason if self.model_stream.finished else None
         input_tokens, output_tokens, self.usage_estimated = self.model_stream.usage()
         self.usage = (input_tokens, output_tokens)
+        self.cache_usage = self.model_stream.cache_usage()
 
     def _text(self, part: events.Part = events.Part.TEXT) -> str:
         return self.stream.full_text[part] if self.stream else ""
@@ -802,6 +806,8 @@ class ReplyRun:
                 input_tokens=self.usage[0],
                 output_tokens=self.usage[1],
                 usage_estimated=self.usage_estimated,
+                cache_creation_input_tokens=self.cache_usage[0],
+                cache_read_input_tokens=self.cache_usage[1],
                 first_token_at=self.first_token_at,
                 publish=self.agent.publish_from_thread,
             )
@@ -827,7 +833,8 @@ class ReplyRun:
         latency = f"{self.first_token_latency * 1000:.0f}" if self.first_token_latency else "-"
         reply_log.info(
             "reply conversation=%s response=%s status=%s stop_reason=%s ttft_ms=%s "
-            "input_tokens=%d output_tokens=%d usage=%s chars=%d messages=%d duration_ms=%.0f "
+            "input_tokens=%d cache_write_tokens=%d cache_read_tokens=%d output_tokens=%d "
+            "usage=%s chars=%d messages=%d duration_ms=%.0f "
             "pattern=%s",
             self.session.conversation_id,
             self.response_id,
@@ -835,6 +842,8 @@ class ReplyRun:
             stop_reason or "-",
             latency,
             self.usage[0],
+            self.cache_usage[0],
+            self.cache_usage[1],
             self.usage[1],
             "estimated" if self.usage_estimated else "api",
             len(self._text()),

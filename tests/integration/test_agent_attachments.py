@@ -83,12 +83,16 @@ async def test_image_pdf_and_text_file_reach_claude_as_blocks_and_are_linked_to_
     assert base64.b64decode(document["source"]["data"]) == pdf
     assert document["title"] == "report.pdf"
     assert "ship it on Friday" in text_file["text"] and "notes.md" in text_file["text"]
-    assert question == {"type": "text", "text": "What is in these files?"}
+    assert (question["type"], question["text"]) == ("text", "What is in these files?")
 
     await running_agent.wait_idle()
     stored = await sync_to_async(stored_reply)(prompt_id)
     # Usage counts what the files cost: the image's tokens plus two PDF pages (1,500+ each).
-    assert stored.input_tokens > image_tokens(64, 48) + 2 * 1500
+    # (the prompt's tokens: uncached input plus what was written to or read from the cache)
+    prompt_tokens = (
+        stored.input_tokens + stored.cache_creation_input_tokens + stored.cache_read_input_tokens
+    )
+    assert prompt_tokens > image_tokens(64, 48) + 2 * 1500
     linked = await sync_to_async(
         lambda: sorted(
             Attachment.objects.filter(messages__prompt_id=prompt_id).values_list("name", flat=True)
