@@ -20,11 +20,19 @@ from .views import _get_conversation_for_user
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
-def client_config(conversation: Conversation, *, can_upload: bool) -> dict[str, Any]:
-    """The composer's part of the page config: where to upload, where files live, the limits."""
-    upload_url = reverse("conversations:attachment_upload", args=[conversation.pk])
+def client_config(conversation: Conversation | None, *, can_upload: bool) -> dict[str, Any]:
+    """The composer's part of the page config: where to upload, where files live, the limits.
+
+    A new chat's draft has no conversation to upload into yet (`uploadUrl` is None): the
+    composer creates it with the first file, and the create response carries this config.
+    """
+    upload_url = (
+        reverse("conversations:attachment_upload", args=[conversation.pk])
+        if conversation is not None and can_upload
+        else None
+    )
     return {
-        "uploadUrl": upload_url if can_upload else None,
+        "uploadUrl": upload_url,
         # `{id}` is replaced by an attachment id in the browser.
         "fileUrl": attachments.url_for(uuid.UUID(int=0)).replace(str(uuid.UUID(int=0)), "{id}"),
         **attachments.client_limits(),

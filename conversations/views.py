@@ -117,7 +117,7 @@ def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
     }
 
 
-def _attachment_config(conversation: Conversation, *, can_upload: bool) -> dict[str, Any]:
+def _attachment_config(conversation: Conversation | None, *, can_upload: bool) -> dict[str, Any]:
     from .attachment_views import client_config  # attachment_views imports this module
 
     return client_config(conversation, can_upload=can_upload)
@@ -208,6 +208,8 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
             displayTitle="New conversation",
             archived=False,
             readOnly=False,
+            # No upload URL yet: the first file creates the conversation (see conversation_create).
+            attachments=_attachment_config(None, can_upload=True),
             storedResponseIds=[],
             storedPromptIds=[],
             conversationUrls=_conversation_urls(PLACEHOLDER_ID),
@@ -223,12 +225,15 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
     """Create a conversation for its first prompt, which the browser then sends on its channel.
 
     Without a prompt nothing is created (a conversation with no prompt is an empty one left in
-    the list): the user gets the empty composer instead.
+    the list): the user gets the empty composer instead. The one exception is a draft's first
+    file (`for=attachments`, JSON only), which needs a conversation to upload into: that one is
+    created unannounced, so no list shows it while it is empty (`_listed` leaves it out too).
     """
     wants_json = "application/json" in request.headers.get("Accept", "")
     prompt = request.POST.get("prompt", "")
+    for_attachments = wants_json and request.POST.get("for") == "attachments"
     problem = ""
-    if not prompt.strip():
+    if not prompt.strip() and not for_attachments:
         problem = "Type a message first."
     elif len(prompt) > settings.MAX_PROMPT_CHARS:
         problem = (
@@ -239,7 +244,7 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
         if wants_json:
             return JsonResponse({"error": problem}, status=400)
         return redirect("conversations:new")
-    conversation = actions.create_conversation(request.user)
+    conversation = actions.create_conversation(request.user, announce=not for_attachments)
     if not wants_json:
         return redirect(conversation)
     return JsonResponse(
@@ -251,6 +256,9 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
             "displayTitle": conversation.display_title,
             **_token_config(conversation=str(conversation.pk)),
             "conversationUrls": _conversation_urls(conversation.pk),
+            "attachments": _attachment_config(conversation, can_upload=True),
+            # False: its devices' lists learn of it from its first prompt or answer instead.
+            "announced": not for_attachments,
         },
         status=201,
     )

@@ -32,6 +32,19 @@ function showView(config) {
       shownPath = new URL(created.url, window.location.href).pathname;
       if (sidebar) sidebar.setCurrent(created.conversationId);
     },
+    onFirstPrompt(announced) {
+      // Made by its first file, it was empty and in no list; its first prompt puts it in this
+      // device's sidebar now (other devices list it from its first answer, or on a reload).
+      if (!sidebar) return;
+      sidebar.applyChange({
+        action: announced.contract.listActions.created,
+        id: announced.conversationId,
+        title: announced.title || "",
+        updatedAt: new Date().toISOString(),
+        archived: false,
+      });
+      sidebar.setCurrent(announced.conversationId);
+    },
   });
   if (sidebar) sidebar.setCurrent(config.conversationId);
 }
@@ -98,7 +111,7 @@ function navigate(url, { push = true } = {}) {
     view.focusComposer();
     return navigationChain;
   }
-  if (view.hasUnsent() && !window.confirm("A message has not been sent yet. Leave this conversation anyway?")) {
+  if (view.hasUnsent() && !window.confirm("A message or file has not been sent yet. Leave this conversation anyway?")) {
     return navigationChain;
   }
   navigationSerial += 1;

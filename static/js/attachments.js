@@ -144,13 +144,38 @@ function csrfToken(root) {
 /**
  * The composer's files. `root` is the include's `[data-attachments-composer]`; `dropTarget`
  * takes dropped files; pastes anywhere on the page add the clipboard's files.
+ *
+ * `signal` (an AbortSignal) ends it: every listener it added to the page goes and uploads still
+ * running are aborted (the sidebar swaps conversations in place, so the page outlives the view).
+ * `prepareUpload()`, when the config has no `uploadUrl` yet (a new chat's draft, no conversation
+ * to upload into), is awaited before the first upload and resolves to the URL to upload to.
  */
-export function bindComposerAttachments(config, { root, dropTarget, onChange = () => {} }) {
-  if (!config || !config.uploadUrl || !root) return null;
+export function bindComposerAttachments(config, { root, dropTarget, onChange = () => {}, signal, prepareUpload }) {
+  if (!config || !root || (!config.uploadUrl && !prepareUpload)) return null;
+  if (signal && signal.aborted) return null;
   const input = root.querySelector("[data-attach-input]");
   const button = root.querySelector("[data-attach-button]");
   const list = root.querySelector("[data-pending-attachments]");
   const pending = []; // {file, state: uploading|ready|refused, item, element, xhr}
+  let uploadUrl = config.uploadUrl || null;
+  let preparing = null; // prepareUpload() in flight: every file waits for the same one
+  const ended = () => Boolean(signal && signal.aborted);
+
+  function whereToUpload() {
+    if (uploadUrl) return Promise.resolve(uploadUrl);
+    if (!preparing) {
+      preparing = new Promise((resolve) => resolve(prepareUpload()))
+        .then((url) => {
+          if (!url) throw new Error("there is nowhere to upload it");
+          uploadUrl = url;
+          return url;
+        })
+        .finally(() => {
+          preparing = null;
+        });
+    }
+    return preparing;
+  }
 
   function changed() {
     list.hidden = pending.length === 0;
@@ -213,9 +238,22 @@ export function bindComposerAttachments(config, { root, dropTarget, onChange = (
   }
 
   function upload(entry) {
+    whereToUpload().then(
+      (url) => {
+        // Removed, or the view gone, while the conversation was being made: nothing to send.
+        if (!ended() && pending.includes(entry)) send(entry, url);
+      },
+      (error) => {
+        if (ended() || !pending.includes(entry)) return;
+        setState(entry, "refused", `${entry.file.name} could not be uploaded: ${error.message || error}. Remove it and try again.`);
+      },
+    );
+  }
+
+  function send(entry, url) {
     const xhr = new XMLHttpRequest();
     entry.xhr = xhr;
-    xhr.open("POST", config.uploadUrl);
+    xhr.open("POST", url);
     xhr.setRequestHeader("X-CSRFToken", csrfToken(root));
     xhr.setRequestHeader("X-File-Name", encodeURIComponent(entry.file.name));
     xhr.responseType = "json";
@@ -224,6 +262,7 @@ export function bindComposerAttachments(config, { root, dropTarget, onChange = (
       if (event.lengthComputable) progress.value = Math.round((event.loaded / event.total) * 100);
     });
     xhr.addEventListener("load", () => {
+      if (ended()) return;
       const body = xhr.response || {};
       if (xhr.status === 201 && body.id) {
         entry.item = body;
@@ -232,9 +271,11 @@ export function bindComposerAttachments(config, { root, dropTarget, onChange = (
         setState(entry, "refused", body.error || `${entry.file.name} could not be uploaded (HTTP ${xhr.status}).`);
       }
     });
-    xhr.addEventListener("error", () =>
-      setState(entry, "refused", `${entry.file.name} could not be uploaded: the connection failed. Remove it and try again.`),
-    );
+    xhr.addEventListener("error", () => {
+      if (!ended()) {
+        setState(entry, "refused", `${entry.file.name} could not be uploaded: the connection failed. Remove it and try again.`);
+      }
+    });
     const form = new FormData();
     form.append("file", entry.file, entry.file.name);
     xhr.send(form);
@@ -257,11 +298,13 @@ export function bindComposerAttachments(config, { root, dropTarget, onChange = (
     }
   }
 
-  button.addEventListener("click", () => input.click());
+  // Everything added to the page goes with the view (`signal`); the view's own elements go with it.
+  const options = { signal };
+  button.addEventListener("click", () => input.click(), options);
   input.addEventListener("change", () => {
     add([...input.files]);
     input.value = "";
-  });
+  }, options);
 
   const hasFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
   const target = dropTarget || document.body;
@@ -270,30 +313,37 @@ export function bindComposerAttachments(config, { root, dropTarget, onChange = (
     event.preventDefault();
     event.dataTransfer.dropEffect = "copy";
     target.classList.add("is-drop-target");
-  });
+  }, options);
   target.addEventListener("dragleave", (event) => {
     // Left the page (no related target) or the target itself, not just moved between children.
     if (!event.relatedTarget || !target.contains(event.relatedTarget)) target.classList.remove("is-drop-target");
-  });
+  }, options);
   target.addEventListener("drop", (event) => {
     target.classList.remove("is-drop-target");
     if (!event.dataTransfer || !event.dataTransfer.files.length) return;
     event.preventDefault();
     add([...event.dataTransfer.files]);
-  });
+  }, options);
   document.addEventListener("paste", (event) => {
     const files = event.clipboardData ? [...event.clipboardData.files] : [];
     if (!files.length) return; // plain text pastes into the textarea as usual
     event.preventDefault();
     add(files);
-  });
+  }, options);
   // An upload still running would be lost with the tab: ask first.
   window.addEventListener("beforeunload", (event) => {
     if (pending.some((entry) => entry.state === "uploading")) {
       event.preventDefault();
       event.returnValue = "";
     }
-  });
+  }, options);
+  if (signal) {
+    // The view is gone: its uploads stop (a file already stored stays unlinked to any prompt).
+    signal.addEventListener("abort", () => {
+      target.classList.remove("is-drop-target");
+      for (const entry of pending) if (entry.xhr && entry.state === "uploading") entry.xhr.abort();
+    }, { once: true });
+  }
   changed();
 
   return {

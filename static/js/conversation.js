@@ -8,8 +8,10 @@
 // so history and live overlap harmlessly: prompts by promptId, message-per-response operations by
 // their version serial, message-per-token fragments by seq.
 
-import { authorizeFor, csrfToken, headersOf, newUuid } from "./realtime.js";
+import { CONVERSATION_GONE_EVENT, authorizeFor, csrfToken, headersOf, newUuid, userScoped } from "./realtime.js";
 import { attachCopyButton, renderMarkdown, renderPlain } from "./markdown.js";
+// Attachments (issue 17): the composer's files and the list under a prompt.
+import { attachmentsHeader, attachmentsOf, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
 
 const HISTORY_PAGE_LIMIT = 1000;
 const HISTORY_MAX_PAGES = 50;
@@ -24,7 +26,9 @@ const LEAVE_TIMEOUT_MS = 3000;
 
 /**
  * Show `config`'s conversation in `root` (the page's main pane) on the shared `realtime` client.
- * `hooks.onCreated(config)`: a draft became a conversation (its first prompt created it).
+ * `hooks.onCreated(config)`: a draft became a conversation (its first prompt, or its first file,
+ * created it). `hooks.onFirstPrompt(config)`: the first prompt of a conversation that a file
+ * created (and that no list shows yet, being empty until now) reached the channel.
  * Returns the view: `unmount()`, `onListChange(change)`, `hasUnsent()`, `focusComposer()`.
  */
 export function mountConversation(realtime, root, config, hooks = {}) {
@@ -51,6 +55,9 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   // Every listener on window, the connection or the channel goes when the view is unmounted.
   const listeners = new AbortController();
   const { signal } = listeners;
+  // The composer's files stop with the view, or earlier when the conversation is deleted.
+  const composerFileListeners = new AbortController();
+  signal.addEventListener("abort", () => composerFileListeners.abort(), { once: true });
 
   const prompts = new Map(); // promptId -> {promptId, text, element, state}
   const replies = new Map(); // responseId -> Reply
@@ -66,6 +73,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   let hydratedOnce = false;
   let agentStatus = null;
   let stickToBottom = true;
+  let composerFiles = null; // issue 17: bindComposerAttachments(), null when read-only
+  let creatingForOutbox = false; // the outbox waits on the draft's create POST
 
   // ---------------------------------------------------------------------------------------------
   // Scrolling: follow the stream unless the reader scrolled up to read something earlier.
@@ -204,16 +213,19 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     }
   }
 
-  function addPrompt(promptId, text, { fromHere = false, clientId = null, awaitingReply = true } = {}) {
+  function addPrompt(promptId, text, { fromHere = false, clientId = null, awaitingReply = true, attachments = [] } = {}) {
     if (prompts.has(promptId)) return prompts.get(promptId);
     removeEmptyNote();
     const element = turnShell("user");
     element.dataset.promptId = promptId;
     element.setAttribute("aria-label", fromHere || clientId === config.clientId ? "You" : "Prompt");
     renderPlain(element.querySelector(".turn-text"), text);
+    // Issue 17: the files sent with it, under the text.
+    const fileList = renderAttachmentList(config.attachments, attachments);
+    if (fileList) element.querySelector(".turn-text").after(fileList);
     turnsElement.append(element);
     // Until its reply starts, Stop cancels the prompt itself (the agent may still be queueing it).
-    const entry = { promptId, text, element, state: "sent", awaitingReply };
+    const entry = { promptId, text, element, state: "sent", awaitingReply, attachments };
     prompts.set(promptId, entry);
     if (fromHere) setPromptState(entry, "sending");
     followStream();
@@ -376,10 +388,12 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     if (config.readOnly || deleted) return;
     const promptText = promptTextFor(reply.promptId);
     if (promptText === null) return;
+    // Issue 17: the prompt's files go again with it (read when clicked, from the prompt's list).
+    const resend = () => sendPrompt(promptText, attachmentsOf(promptElementFor(reply.promptId)));
     if (reply.status === STATUS.error || reply.status === STATUS.interrupted) {
-      actionButton(bar, "Retry", "retry", () => sendPrompt(promptText));
+      actionButton(bar, "Retry", "retry", resend);
     }
-    actionButton(bar, "Regenerate", "regenerate", () => sendPrompt(promptText));
+    actionButton(bar, "Regenerate", "regenerate", resend);
     refreshRegenerateVisibility();
   }
 
@@ -465,7 +479,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       if (entry.state !== "sent") setPromptState(entry, "sent");
       return;
     }
-    addPrompt(promptId, message.data, { clientId: message.clientId });
+    const attachments = parseAttachmentsHeader(headersOf(message)); // issue 17
+    addPrompt(promptId, message.data, { clientId: message.clientId, attachments });
   }
 
   function applyResponseChunk(message) {
@@ -618,7 +633,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       for (const message of backlog) applyMessage(message);
     } catch (error) {
       console.warn("Could not read the conversation's recent history:", error);
-      showStatusNote("Some recent messages could not be loaded. Refresh to try again.");
+      // Deleted meanwhile (its channel left): the deleted note says all there is to say.
+      if (!deleted) showStatusNote("Some recent messages could not be loaded. Refresh to try again.");
     } finally {
       const queued = liveQueue;
       liveQueue = [];
@@ -658,14 +674,16 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     composerError.hidden = !message;
   }
 
-  function sendPrompt(text) {
-    const problem = validatePrompt(text);
+  function sendPrompt(text, attachments = []) {
+    if (deleted) return false;
+    // Issue 17: files alone make a message; text is then optional.
+    const problem = attachments.length && !text.trim() ? null : validatePrompt(text);
     if (problem) {
       showComposerError(problem);
       return false;
     }
     showComposerError("");
-    const entry = addPrompt(newUuid(), text, { fromHere: true });
+    const entry = addPrompt(newUuid(), text, { fromHere: true, attachments });
     readerScrolls(false);
     stickToBottom = true;
     followStream();
@@ -675,7 +693,9 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   }
 
   function hasUnsent() {
-    return outbox.length > 0 || [...prompts.values()].some((p) => p.state === "queued" || p.state === "sending");
+    // A file still uploading is lost with the view too (its upload is aborted on unmount).
+    const uploading = composerFiles && composerFiles.pending.some((entry) => entry.state === "uploading");
+    return outbox.length > 0 || uploading || [...prompts.values()].some((p) => p.state === "queued" || p.state === "sending");
   }
 
   function flushOutbox() {
@@ -685,16 +705,18 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       return;
     }
     if (config.draft) {
-      // No conversation yet: the first prompt creates it, then everything waiting is published.
-      if (creating) return;
+      // No conversation yet: the first prompt creates it (or the first file is creating it
+      // already), then everything waiting is published.
       for (const entry of outbox) setPromptState(entry, "sending");
-      creating = createConversation(outbox[0].text)
+      if (creatingForOutbox) return;
+      creatingForOutbox = true;
+      ensureConversation({ prompt: outbox[0].text })
         .then(() => {
-          creating = null;
+          creatingForOutbox = false;
           flushOutbox();
         })
         .catch((error) => {
-          creating = null;
+          creatingForOutbox = false;
           for (const entry of outbox.splice(0)) setPromptState(entry, "failed", `Not sent: ${error.message || error}`);
         });
       return;
@@ -704,10 +726,14 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     while (outbox.length) {
       const entry = outbox.shift();
       setPromptState(entry, "sending");
+      const headers = { promptId: entry.promptId };
+      const attachments = attachmentsHeader(entry.attachments); // issue 17
+      if (attachments) headers.attachments = attachments;
       channel
-        .publish({ name: NAMES.prompt, data: entry.text, extras: { headers: { promptId: entry.promptId } } })
+        .publish({ name: NAMES.prompt, data: entry.text, extras: { headers } })
         .then(() => {
           if (entry.state === "sending") setPromptState(entry, "sent");
+          announceFirstPrompt();
         })
         .catch((error) => {
           if (realtime.connection.state !== "connected") {
@@ -760,10 +786,22 @@ export function mountConversation(realtime, root, config, hooks = {}) {
 
   function bindComposer() {
     if (!composer || config.readOnly) return;
+    // Issue 17: attach button, drag-and-drop onto the page, paste. Its page-wide listeners and
+    // any upload still running end with this view (`signal`). A draft has no conversation to
+    // upload into: the first file creates it, as the first prompt would.
+    composerFiles = bindComposerAttachments(config.attachments, {
+      root: composer.querySelector("[data-attachments-composer]"),
+      dropTarget: document.body,
+      signal: composerFileListeners.signal,
+      prepareUpload: () => ensureConversation({ forFiles: true }).then(() => config.attachments && config.attachments.uploadUrl),
+    });
     composer.addEventListener("submit", (event) => {
       event.preventDefault();
-      if (sendPrompt(composerInput.value)) {
+      const files = composerFiles ? composerFiles.forSending() : { items: [], problem: null };
+      if (files.problem) showComposerError(files.problem);
+      else if (sendPrompt(composerInput.value, files.items)) {
         composerInput.value = "";
+        if (composerFiles) composerFiles.clearSent();
         autoGrow();
       }
       composerInput.focus();
@@ -865,8 +903,12 @@ export function mountConversation(realtime, root, config, hooks = {}) {
 
   // Deleted on another device: say so, and offer nothing that would act on it any more.
   function markDeleted() {
-    if (deleted) return;
+    if (deleted || !mounted) return;
     deleted = true;
+    // Nothing can be sent to it any more: what waited says so (its Send again goes below).
+    for (const entry of outbox.splice(0)) setPromptState(entry, "failed", "Not sent: this conversation was deleted.");
+    composerFileListeners.abort();
+    leaveDeletedConversation();
     root.dataset.conversationDeleted = "true";
     const note = root.querySelector("[data-deleted-note]");
     if (note) note.hidden = false;
@@ -877,12 +919,45 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     applyTitle(root.querySelector("[data-conversation-title]")?.textContent || "");
   }
 
-  // ---------------------------------------------------------------------------------------------
-  // A draft's first prompt: Django creates the conversation, then it is used like any other.
+  // Its channel is gone and no token may name it any more (renewing one for it gets a 404, and
+  // the connection would retry that forever): leave the channel and re-scope the token to the
+  // user's list channel, which the sidebar keeps using. Switching away re-scopes it again.
+  async function leaveDeletedConversation() {
+    await leaveChannel();
+    if (!mounted) return;
+    try {
+      await authorizeFor(realtime, userScoped(config));
+    } catch (error) {
+      console.warn("Could not re-scope the token after the delete:", error);
+    }
+  }
 
-  async function createConversation(firstPrompt) {
+  // The token endpoint found no such conversation (deleted while this page slept, say).
+  function onConversationGone(event) {
+    if (event.detail && event.detail.conversationId === config.conversationId && !config.readOnly) markDeleted();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // A draft's first prompt (or first file): Django creates the conversation, then it is used like
+  // any other.
+
+  // One create POST however many ask (the first file and the first prompt may both wait on it).
+  function ensureConversation(reason) {
+    if (!config.draft) return Promise.resolve();
+    if (!creating) {
+      creating = createConversation(reason).finally(() => {
+        creating = null;
+      });
+    }
+    return creating;
+  }
+
+  // A prompt to send or files to upload: a conversation made for files alone stays out of every
+  // list until its first prompt (the server does not announce it; see `announceFirstPrompt`).
+  async function createConversation({ prompt = "", forFiles = false }) {
     const body = new FormData();
-    body.set("prompt", firstPrompt);
+    body.set("prompt", prompt);
+    if (forFiles) body.set("for", "attachments");
     const response = await fetch(config.urls.create, {
       method: "POST",
       body,
@@ -891,7 +966,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     });
     const data = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(data.error || `the server answered ${response.status}`);
-    if (!mounted) return;
+    if (!mounted) throw new Error("the conversation was left");
     Object.assign(config, data, { draft: false });
     // The token was minted before this conversation existed: get one that covers its channel.
     await authorizeFor(realtime, config);
@@ -908,6 +983,13 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     if (menu) menu.hidden = false;
     if (hooks.onCreated) hooks.onCreated(config);
     await attachChannel();
+  }
+
+  // A conversation a file created is announced by its first prompt, on this device's list.
+  function announceFirstPrompt() {
+    if (config.announced !== false || !mounted) return;
+    config.announced = true;
+    if (hooks.onFirstPrompt) hooks.onFirstPrompt(config);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -952,6 +1034,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     updateControls();
     scrollingElement().scrollTop = scrollingElement().scrollHeight;
     realtime.connection.on(onConnectionChange);
+    window.addEventListener(CONVERSATION_GONE_EVENT, onConversationGone, { signal });
     if (config.draft) {
       // Nothing to attach until the first prompt creates the conversation.
       markReady();
@@ -971,6 +1054,10 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     listeners.abort();
     realtime.connection.off(onConnectionChange);
     for (const reply of replies.values()) if (reply.renderTimer) reply.renderTimer.cancel();
+    await leaveChannel();
+  }
+
+  async function leaveChannel() {
     if (!channel) return;
     const leaving = channel;
     channel = null;

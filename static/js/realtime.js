@@ -7,15 +7,64 @@ export function readConfig() {
   return JSON.parse(element.textContent);
 }
 
+// Sent on `window` when the token endpoint no longer knows the conversation a token was asked
+// for (deleted on another device): `detail.conversationId`. The open view then shows it deleted.
+export const CONVERSATION_GONE_EVENT = "chat:conversation-gone";
+// views.USER_SCOPE: a token for the user's list channel only.
+const USER_SCOPE = "user";
+
+/** `config`'s token endpoint, scoped to the user's list channel only. */
+export function userScoped(config) {
+  return { tokenPath: config.tokenPath || config.tokenUrl, tokenParams: { scope: USER_SCOPE } };
+}
+
+async function requestToken(path, params) {
+  const url = new URL(path, window.location.href);
+  for (const [name, value] of Object.entries(params || {})) url.searchParams.set(name, value);
+  // Session cookie, not token params, identifies the user; the server ignores the params.
+  return fetch(url, {
+    credentials: "same-origin",
+    cache: "no-store",
+    headers: { "X-Requested-With": "ably-js" },
+  });
+}
+
+async function fetchToken(path, params) {
+  let response = await requestToken(path, params);
+  if (response.status === 404 && params && params.conversation) {
+    // The conversation is gone: renewing for it would fail every time and leave the connection
+    // reconnecting forever. Carry on with the user's list channel (the sidebar) instead.
+    window.dispatchEvent(new CustomEvent(CONVERSATION_GONE_EVENT, { detail: { conversationId: params.conversation } }));
+    response = await requestToken(path, { scope: USER_SCOPE });
+  }
+  const body = await response.text();
+  if (!response.ok) {
+    let message = body;
+    try {
+      message = JSON.parse(body).error || body;
+    } catch {
+      // not JSON: the text itself
+    }
+    // ably-js retries any failure but a 403, which it treats as final (as for an authUrl).
+    throw { code: 40170, statusCode: response.status, message: message || `token request failed (${response.status})` };
+  }
+  return body;
+}
+
 /** How ably-js asks Django for a token scoped as `config` says (`tokenPath` + `tokenParams`). */
 export function authOptionsFor(config) {
+  const path = config.tokenPath || config.tokenUrl;
+  const params = config.tokenParams || {};
   return {
-    // authUrl is called again by ably-js before the token expires: renewal needs no code here.
-    authUrl: config.tokenPath || config.tokenUrl,
-    authParams: config.tokenParams || undefined,
-    authMethod: "GET",
-    // Session cookie, not token params, identifies the user; the server ignores the params.
-    authHeaders: { "X-Requested-With": "ably-js" },
+    // Called again by ably-js before the token expires (or when it is revoked): renewal needs
+    // no code elsewhere. A callback rather than an authUrl so a conversation deleted meanwhile
+    // can fall back to the user's scope (above).
+    authCallback: (_tokenParams, callback) => {
+      fetchToken(path, params).then(
+        (token) => callback(null, token),
+        (error) => callback(error, null),
+      );
+    },
   };
 }
 

@@ -293,6 +293,7 @@ export function mountSidebar(realtime, config, hooks = {}) {
   return {
     ready,
     setCurrent,
+    applyChange,
     open,
     close,
     isOpen,

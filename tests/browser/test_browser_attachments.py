@@ -7,10 +7,12 @@ import base64
 import pytest
 from playwright.sync_api import Page, expect
 
-from conversations.models import Attachment, Message
+from conversations import actions
+from conversations.models import Attachment, Conversation, Message
 from emulators.anthropic import samples
 
 from .conftest import PHONE, WAIT_MS, stored_reply
+from .test_browser_policy import PolicyWatch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -199,3 +201,77 @@ def test_bad_and_oversized_files_are_refused_next_to_the_file_and_nothing_else_i
     expect(laptop.prompts().first.locator("[data-attachments] li")).to_have_count(1)
     # The oversized file's refusal stays until it is removed.
     expect(too_big).to_have_attribute("data-state", "refused")
+
+
+def test_a_file_in_a_new_chat_creates_the_conversation_which_no_list_shows_until_its_prompt(
+    stack, make_device, alice
+):
+    laptop, phone = make_device(alice), make_device(alice)
+    policy = PolicyWatch(laptop)
+    phone.open("/")
+    laptop.open("/new")
+    laptop.wait_until_live()
+
+    # No conversation to upload into yet: the first file makes one, and the page becomes it.
+    drop_file(laptop.page, "image.png", "image/png", samples.png(64, 48, RED))
+    expect(pending(laptop.page, "image.png")).to_have_attribute("data-state", "ready")
+    created = Conversation.objects.get(owner=alice)
+    laptop.page.wait_for_url(f"**{created.get_absolute_url()}")
+    assert Attachment.objects.get().conversation_id == created.pk
+    # Still empty: in no list, on this device or (live) another.
+    expect(laptop.page.locator("[data-sidebar] [data-conversation-id]")).to_have_count(0)
+    expect(phone.page.locator("[data-conversation-id]")).to_have_count(0)
+
+    laptop.send("What is in this file?")
+    expect(laptop.replies().first).to_have_attribute("data-status", "complete")
+    expect(laptop.replies().first).to_contain_text("mostly red")
+    expect(laptop.prompts().first.locator("[data-attachments] li")).to_have_count(1)
+    expect(
+        laptop.page.locator(f"[data-sidebar] [data-conversation-id='{created.pk}'] a")
+    ).to_have_attribute("aria-current", "page")
+    assert list(Attachment.objects.get().messages.all()) == [Message.objects.get(role="user")]
+    assert Conversation.objects.filter(owner=alice).count() == 1
+    # Listed everywhere now that it has a prompt (live from its answer, and on a fresh page).
+    expect(phone.page.locator(f"[data-conversation-id='{created.pk}']")).to_have_count(1)
+    phone.page.reload()
+    expect(phone.page.locator(f"[data-conversation-id='{created.pk}']")).to_have_count(1)
+    assert policy.violations() == []
+
+
+def test_switching_in_place_uploads_to_the_conversation_shown_and_shows_its_files(
+    stack, make_device, alice
+):
+    tides = actions.create_conversation(alice, title="Tides")
+    lisbon = actions.create_conversation(alice, title="Lisbon trip")
+    laptop = make_device(alice)
+    policy = PolicyWatch(laptop)
+    laptop.open_conversation(tides)
+    laptop.page.evaluate("window.notReloaded = true")
+
+    # Switched in place (no reload): pastes go to Lisbon, once (Tides' listeners are gone).
+    laptop.page.locator(f"[data-sidebar] [data-conversation-id='{lisbon.pk}'] a").click()
+    laptop.page.wait_for_url(f"**{lisbon.get_absolute_url()}")
+    laptop.wait_until_live()
+    paste_file(laptop.page, "image.png", "image/png", samples.png(64, 48, RED))
+    paste_file(laptop.page, "report.pdf", "application/pdf", samples.pdf(["Quarterly report", "2"]))
+    for name in ("image.png", "report.pdf"):
+        expect(pending(laptop.page, name)).to_have_attribute("data-state", "ready")
+    expect(laptop.page.locator(".pending-attachment")).to_have_count(2)
+    laptop.send("What is in these files?")
+    expect(laptop.replies().first).to_have_attribute("data-status", "complete")
+    expect_files_under_prompt(laptop.page)
+    assert {a.conversation_id for a in Attachment.objects.all()} == {lisbon.pk}
+    assert Attachment.objects.count() == 2
+
+    # Away and back in place: Lisbon's stored prompt shows its files, thumbnail and all.
+    laptop.page.locator(f"[data-sidebar] [data-conversation-id='{tides.pk}'] a").click()
+    laptop.page.wait_for_url(f"**{tides.get_absolute_url()}")
+    laptop.wait_until_live()
+    expect(laptop.page.locator("[data-attachments]")).to_have_count(0)
+    laptop.page.locator(f"[data-sidebar] [data-conversation-id='{lisbon.pk}'] a").click()
+    laptop.page.wait_for_url(f"**{lisbon.get_absolute_url()}")
+    laptop.wait_until_live()
+    expect_files_under_prompt(laptop.page)
+    assert laptop.page.evaluate("window.notReloaded") is True
+    # Thumbnails, progress bars and file lists all keep to the page policy.
+    assert policy.violations() == []

@@ -176,6 +176,19 @@ def test_a_conversation_deleted_elsewhere_offers_nothing_more(stack, make_device
     expect(sidebar_item(laptop, conversation.pk)).to_have_count(0)
     # Its text stays readable, and copyable.
     expect(laptop.replies().first.locator("[data-copy-reply]")).to_be_visible()
+    # The connection settles (its token no longer names the deleted conversation) and the
+    # sidebar stays live: a conversation made elsewhere appears, and opens in place.
+    expect(laptop.connection_badge()).to_have_attribute("data-connection-state", "connected")
+    assert conversation.channel_name not in laptop.page.evaluate(
+        """() => Object.values(window.chatDebug.realtime.channels.all)
+            .filter((channel) => channel.state === 'attached').map((channel) => channel.name)"""
+    )
+    later = actions.create_conversation(alice, title="Carry on here")
+    expect(sidebar_item(laptop, later.pk)).to_have_count(1)
+    open_from_sidebar(laptop, later)
+    laptop.send("Say exactly: carried on")
+    expect(laptop.replies().first.locator(".turn-text")).to_have_text("carried on")
+    expect(laptop.connection_badge()).to_have_attribute("data-connection-state", "connected")
 
 
 @BOTH_SIZES

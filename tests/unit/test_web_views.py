@@ -258,6 +258,10 @@ def test_the_first_prompt_creates_the_conversation_the_browser_then_uses(
         "conversations:rename", args=[conversation.pk]
     )
     assert [p.data["action"] for p in outbox] == [events.ListAction.CREATED]
+    assert created["announced"] is True
+    assert created["attachments"]["uploadUrl"] == reverse(
+        "conversations:attachment_upload", args=[conversation.pk]
+    )
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])
@@ -298,6 +302,35 @@ def test_new_chat_is_an_empty_composer_with_no_conversation_behind_it(alice_clie
     assert config["conversationId"] is None
     # The list channel only, until the first prompt creates a conversation to scope a token to.
     assert config["tokenParams"] == {"scope": "user"}
+    # Files can be chosen, but there is nowhere to upload them until the first one creates it.
+    assert config["attachments"]["uploadUrl"] is None
+    assert config["attachments"]["maxFiles"] > 0
+
+
+def test_a_drafts_first_file_creates_a_conversation_no_list_shows_yet(alice_client, alice, outbox):
+    response = alice_client.post(
+        reverse("conversations:create"),
+        {"prompt": "", "for": "attachments"},
+        headers={"accept": "application/json"},
+    )
+
+    assert response.status_code == 201
+    conversation = Conversation.objects.get(owner=alice)
+    created = response.json()
+    assert created["attachments"]["uploadUrl"] == reverse(
+        "conversations:attachment_upload", args=[conversation.pk]
+    )
+    assert created["tokenParams"] == {"conversation": str(conversation.pk)}
+    assert created["announced"] is False
+    # Empty: not announced to the other devices, and in no list.
+    assert outbox == []
+    assert (
+        str(conversation.pk) not in alice_client.get(reverse("conversations:list")).content.decode()
+    )
+    # A form post (no JavaScript) still needs a prompt.
+    as_form = alice_client.post(reverse("conversations:create"), {"for": "attachments"})
+    assert as_form["Location"] == reverse("conversations:new")
+    assert Conversation.objects.count() == 1
 
 
 def test_conversations_nobody_used_stay_out_of_the_lists(alice_client, alice):
