@@ -28,6 +28,10 @@ from .streaming import RateLimiter
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 15.0
+# How soon a dropped agent connection tries again (ably-python's default is 15 s). The agent is
+# the client that must be back first after an Ably outage — its replies are what devices wait
+# for — and it holds only a handful of connections, so retrying every 2 s costs Ably little.
+DISCONNECTED_RETRY_MS = 2000
 
 
 def ably_client_options(config: AgentConfig) -> dict[str, Any]:
@@ -35,6 +39,7 @@ def ably_client_options(config: AgentConfig) -> dict[str, Any]:
     from conversations.ably_compat import python_client_options
 
     options = dict(python_client_options(config.ably_endpoint))
+    options.setdefault("disconnected_retry_timeout", DISCONNECTED_RETRY_MS)
     transport_params = dict(options.pop("transport_params", None) or {})
     # The agent never needs its own messages back (A8): they would only spend the rate budget.
     transport_params.setdefault("echo", "false")

@@ -18,6 +18,12 @@ stand-in restart soak saw appends land out of order), and a send it reported fai
 go out later from its pending queue. Only the full text, sent after those have drained, makes
 every device's copy exact.
 
+While the connection is down (or has many sends unanswered) deltas are not handed to the SDK:
+they wait in the pending text and go out merged once it is back, or as the repair's full text if
+the reply ends first. ably-python would queue each one and fire them all at once on reconnect,
+far over the rate limit. No wait for the SDK is unbounded: sends still unanswered at the publish
+deadline are given up and repaired.
+
 Permanent Ably errors (a 4xxxx code other than a rate limit or an expired token, e.g. 40400
 `message not found` after the realtime service lost its state) are never retried: waiting cannot
 fix them. A repair that meets one publishes the whole text as a new message instead.
@@ -44,6 +50,7 @@ from ably.types.connectionstate import ConnectionState
 from ably.types.message import Message
 
 from conversations import events
+from conversations.ably_compat import unsettled_sends
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +232,10 @@ async def publish_until(
 _interruptions: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 # How often a wait for ably-python's send queue to drain looks again.
 DRAIN_POLL_SECONDS = 0.05
+# Deltas wait while a connection has this many sends unanswered: at most this many are re-sent
+# at once when it drops and comes back, well under the 50 msg/s limit. With acks arriving in
+# one round trip a healthy connection at 50 msg/s has a few outstanding.
+MAX_UNSETTLED_SENDS = 20
 
 
 def connection_interruptions(channel: Any) -> int:
@@ -248,28 +259,37 @@ def connection_interruptions(channel: Any) -> int:
 
 async def sdk_sends_settled(channel: Any, timeout: float) -> bool:
     """Until every publish ably-python holds for this channel's connection now has gone out and
-    been answered (or `timeout` passes: False). Relies on ably-python's ConnectionManager
-    internals; without them (another SDK version) it returns at once."""
-    connection = getattr(getattr(channel, "ably", None), "connection", None)
-    manager = getattr(connection, "connection_manager", None)
-    if manager is None or not hasattr(manager, "queued_messages"):
+    been answered (or `timeout` passes: False). Without ably_compat's view of the SDK's queues
+    (another SDK version) it returns at once."""
+    client = getattr(channel, "ably", None)
+    waiting = unsettled_sends(client)
+    if waiting is None:
         return True
-
-    def unsettled() -> set[int]:
-        queued = list(manager.queued_messages)
-        pending = list(getattr(manager.pending_message_queue, "messages", []))
-        return {id(m) for m in queued} | {
-            id(m) for m in pending if m.future is not None and not m.future.done()
-        }
-
-    waiting = unsettled()
     deadline = time.monotonic() + max(timeout, 0)
     while waiting:
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(DRAIN_POLL_SECONDS)
-        waiting &= unsettled()
+        waiting &= unsettled_sends(client) or set()
     return True
+
+
+def can_send_now(channel: Any) -> bool:
+    """Whether another delta should go to the SDK now rather than wait with the pending text.
+
+    Not while the connection is down: ably-python queues every publish until it reconnects and
+    then sends them all at once, far beyond 50 msg/s (the stand-in wiped soak: ~440 appends per
+    connection, most refused with 42911, the rest with 40400 for a message Ably had lost). Held
+    back, the deltas merge into one append (or the repair's full text). Nor while many sends
+    are unanswered on a connection that looks up (a silent partition not yet detected): those
+    would all be re-sent at once too.
+    """
+    client = getattr(channel, "ably", None)
+    connection = getattr(client, "connection", None)
+    if connection is not None and connection.state != ConnectionState.CONNECTED:
+        return False
+    unsettled = unsettled_sends(client)
+    return unsettled is None or len(unsettled) < MAX_UNSETTLED_SENDS
 
 
 class ReplyStream(ABC):
@@ -347,6 +367,10 @@ class ReplyStream(ABC):
                 wait = last_flush + self.flush_window - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            if self._pending and not await self._sendable():
+                # The reply ended while its connection could not take the rest: `finish`
+                # repairs these parts with their whole text once the connection is back.
+                self.failed_parts.update(part for part, _ in self._pending.take())
             if self._pending:
                 await self.limiter.acquire()
                 last_flush = time.monotonic()
@@ -355,16 +379,40 @@ class ReplyStream(ABC):
             if self._closing and not self._pending:
                 return
 
+    async def _sendable(self) -> bool:
+        """Until the connection can take more deltas (see `can_send_now`); meanwhile they pile
+        up in `_pending`. False if the reply ends first."""
+        while not can_send_now(self.channel):
+            if self._closing:
+                return False
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_POLL_SECONDS):
+                    await self._wakeup.wait()
+        return True
+
     def _start(self, part: events.Part, operation: Awaitable[Any]) -> None:
         self.messages_sent += 1
         self._in_flight.append((part, asyncio.ensure_future(operation)))
 
-    async def _gather(self, part: events.Part | None = None) -> None:
+    async def _gather(
+        self, part: events.Part | None = None, *, deadline: float | None = None
+    ) -> None:
+        """Wait for the sends in flight (of `part`, or all); a failed one marks its part for
+        repair. One still unanswered at `deadline` (monotonic; default the publish deadline)
+        is given up and its part repaired: an SDK that never answers must not hang the reply.
+        """
         waiting = [(p, task) for p, task in self._in_flight if part is None or p == part]
         if not waiting:
             return
         self._in_flight = [(p, task) for p, task in self._in_flight if (p, task) not in waiting]
-        results = await asyncio.gather(*(task for _, task in waiting), return_exceptions=True)
+        if deadline is None:
+            deadline = self.publish_deadline()
+        tasks = [task for _, task in waiting]
+        _, unanswered = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0))
+        for task in unanswered:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         for (failed_part, _), result in zip(waiting, results, strict=True):
             if isinstance(result, BaseException):
                 logger.warning(
