@@ -11,9 +11,9 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from . import actions
+from . import actions, tree
 from .attachment_admin import attachments_table
 from .models import Conversation, Message
 
@@ -44,6 +44,11 @@ def _cache_totals(messages: QuerySet, group_by: str) -> dict[str, Coalesce]:
 # --- Exports ---
 
 
+def _tree_messages(conversation: Conversation) -> list[Message]:
+    """Issue 16: every message in tree order (versions after their prompt), with its place."""
+    return tree.for_page(conversation.messages.all(), conversation.current_leaf_id)
+
+
 def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
     return {
         "id": str(conversation.pk),
@@ -71,8 +76,13 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
                 "cache_read_input_tokens": message.cache_read_input_tokens,
                 "created_at": message.created_at.isoformat(),
                 "completed_at": message.completed_at.isoformat() if message.completed_at else None,
+                # The tree: what it follows, its place among its siblings, and on the shown path?
+                "parent_id": message.parent_wire_id or None,
+                "version": message.versions.index,
+                "versions": message.versions.count,
+                "shown": message.on_path,
             }
-            for message in conversation.messages.all()
+            for message in _tree_messages(conversation)
         ],
     }
 
@@ -87,10 +97,12 @@ def conversation_as_markdown(conversation: Conversation) -> str:
         f"- Conversation id: {conversation.pk}",
         "",
     ]
-    for message in conversation.messages.all():
+    for message in _tree_messages(conversation):
         who = "User" if message.role == Message.Role.USER else "Claude"
         status = "" if message.status == Message.Status.COMPLETE else f" ({message.status})"
-        lines += [f"## {who}{status}", "", message.text or "_(no text)_", ""]
+        place = tree.place_label(message)
+        place = f" [{place}]" if place else ""
+        lines += [f"## {who}{status}{place}", "", message.text or "_(no text)_", ""]
         if message.error:
             lines += [f"> Error: {message.error}", ""]
     return "\n".join(lines)
@@ -128,6 +140,7 @@ class TranscriptInline(admin.TabularInline):
     verbose_name_plural = "transcript"
     fields = (
         "created_at",
+        "place",
         "role",
         "client_id",
         "text",
@@ -143,6 +156,26 @@ class TranscriptInline(admin.TabularInline):
     )
     readonly_fields = fields
     ordering = ("created_at", "id")
+
+    @admin.display(description="tree")
+    def place(self, message: Message) -> str:
+        """Issue 16: where it sits in the tree (versions under their prompt), as the page has it."""
+        if message.pk is None:
+            return ""
+        conversation = message.conversation
+        # One tree per conversation per request: every row of the inline shares it.
+        cache = getattr(self, "_tree_cache", None)
+        if cache is None or cache[0] != (conversation.pk, conversation.current_leaf_id):
+            rows = {m.pk: m for m in _tree_messages(conversation)}
+            cache = self._tree_cache = ((conversation.pk, conversation.current_leaf_id), rows)
+        placed = cache[1].get(message.pk)
+        if placed is None:
+            return ""
+        depth = len(tree.path_to(cache[1].values(), placed.pk)) - 1
+        who = "reply" if placed.role == Message.Role.ASSISTANT else "prompt"
+        label = tree.place_label(placed)
+        return f"{'· ' * depth}{who}{f' ({label})' if label else ''}"
+
     extra = 0
     can_delete = False
     show_change_link = False
@@ -172,12 +205,39 @@ class ConversationAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email", "messages__text")
     readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link", "attachments")
+    readonly_fields += ("versions_tree",)
     fields = ("id", "owner", "title", "title_set_by_user", "system_prompt", "archived")
-    fields += ("created_at", "updated_at", "watch_link", "attachments")
+    fields += ("created_at", "updated_at", "watch_link", "attachments", "versions_tree")
     ordering = ("-updated_at",)
     date_hierarchy = "updated_at"
     inlines = (TranscriptInline,)
     actions = ("archive_selected", "export_json", "export_markdown")
+
+    @admin.display(description="tree")
+    def versions_tree(self, conversation: Conversation) -> str:
+        """Issue 16: the whole tree, each message indented under what it follows (versions
+        under their prompt, edits beside the prompt they edit), the shown path marked."""
+        rows = _tree_messages(conversation)
+        depth_of: dict[int, int] = {}
+        for message in rows:
+            depth_of[message.pk] = depth_of.get(message.parent_id, -1) + 1
+        return format_html(
+            '<ol class="versions-tree">{}</ol>',
+            format_html_join(
+                "",
+                '<li data-depth="{}">{}{} {}: {}</li>',
+                (
+                    (
+                        depth_of[m.pk],
+                        "\u2003" * depth_of[m.pk],
+                        "User" if m.role == Message.Role.USER else "Claude",
+                        f"[{tree.place_label(m)}]" if tree.place_label(m) else "",
+                        m.text[:200] or "(no text)",
+                    )
+                    for m in rows
+                ),
+            ),
+        )
 
     @admin.display(description="attachments")
     def attachments(self, conversation: Conversation) -> str:

@@ -29,6 +29,11 @@ class Conversation(models.Model):
         blank=True, help_text="Overrides the site's system prompt for this conversation."
     )
     archived = models.BooleanField(default=False)
+    # Issue 16: the shown path, shared by every device: the newest message on it (walk `parent`
+    # up from here). Null for an empty conversation.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # Last activity: bumped by every prompt and reply, so the list sorts by it.
     updated_at = models.DateTimeField(auto_now=True)
@@ -83,6 +88,16 @@ class Message(models.Model):
     prompt_id = models.UUIDField()
     # A reply's id (made by the agent); null on prompts.
     response_id = models.UUIDField(null=True, blank=True, unique=True)
+    # Issue 16, the tree: the message this one follows. A reply's parent is its prompt; a
+    # prompt's is the reply it continues (a prompt sent before that reply started is re-parented
+    # onto it when it is claimed), or null at the root. Sibling prompts are edits; sibling
+    # replies are versions (regenerate, retry).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    # On a reply: the version request it answers. The first reply's is its prompt's id; each
+    # Regenerate or Retry is a new id a device made. Null on prompts.
+    request_id = models.UUIDField(null=True, blank=True)
     model = models.CharField(max_length=100, blank=True)
     stop_reason = models.CharField(max_length=50, blank=True)
     error = models.TextField(blank=True)
@@ -109,9 +124,12 @@ class Message(models.Model):
             models.UniqueConstraint(
                 fields=["prompt_id"], condition=Q(role="user"), name="unique_prompt"
             ),
-            # One reply per prompt: inserting it is how an agent process claims the prompt.
+            # One reply per version request of a prompt: inserting it is how an agent process
+            # claims the request (exactly once, however many agents hear it).
             models.UniqueConstraint(
-                fields=["prompt_id"], condition=Q(role="assistant"), name="unique_reply_per_prompt"
+                fields=["prompt_id", "request_id"],
+                condition=Q(role="assistant"),
+                name="unique_reply_per_request",
             ),
         ]
         indexes = [

@@ -14,6 +14,8 @@ urlpatterns = [
     # conversations/
     path("conversations/new", views.conversation_create, name="create"),
     path("conversations/<uuid:conversation_id>/", views.conversation_detail, name="detail"),
+    # Issue 16: which version of the conversation every device shows.
+    path("conversations/<uuid:conversation_id>/path", views.conversation_path, name="path"),
     path("conversations/<uuid:conversation_id>/rename", views.conversation_rename, name="rename"),
     path(
         "conversations/<uuid:conversation_id>/archive", views.conversation_archive, name="archive"

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import ably_compat, actions, events, realtime
+from . import ably_compat, actions, events, realtime, tree
 from .forms import RenameForm, SearchForm, SignupForm
 from .models import Conversation, Message
 
@@ -271,6 +271,7 @@ def _conversation_urls(conversation_id: Any) -> dict[str, str]:
         "archive": reverse("conversations:archive", args=[conversation_id]),
         "unarchive": reverse("conversations:unarchive", args=[conversation_id]),
         "delete": reverse("conversations:delete", args=[conversation_id]),
+        "path": reverse("conversations:path", args=[conversation_id]),
     }
 
 
@@ -279,7 +280,10 @@ def _conversation_urls(conversation_id: Any) -> dict[str, str]:
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id, write=False)
     read_only = not conversation.user_can_write
-    turns = list(conversation.messages.prefetch_related("attachments"))
+    # Issue 16: every version, in tree order; the page shows the shared path and hides the rest.
+    turns = tree.for_page(
+        conversation.messages.prefetch_related("attachments"), conversation.current_leaf_id
+    )
     context = {
         # Staff watching someone else's conversation get no sidebar: it would list their own.
         **(_sidebar_context(request, conversation) if not read_only else {}),
@@ -310,6 +314,18 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
         ),
     }
     return render(request, "conversations/detail.html", context)
+
+
+@login_required
+@require_POST
+def conversation_path(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """Show another version (`< n/m >`): POST messageId = the version's responseId/promptId.
+    Every device of the conversation follows through the channel's `path` event."""
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    event = actions.select_version(conversation, request.POST.get("messageId", ""))
+    if event is None:
+        return JsonResponse({"error": "No such message in this conversation."}, status=400)
+    return JsonResponse({"ids": list(event.ids)})
 
 
 @login_required

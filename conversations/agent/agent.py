@@ -136,7 +136,8 @@ class ConversationSession:
         self.connection = connection
         self.channel = connection.client.channels.get(self.channel_name)
         self.inbox: asyncio.Queue[AblyMessage] = asyncio.Queue()
-        self.prompts: asyncio.Queue[Message] = asyncio.Queue()
+        # Prompts to answer, with the version request (issue 16: None for a first reply).
+        self.prompts: asyncio.Queue[tuple[Message, str | None]] = asyncio.Queue()
         # Prompts stored (or refused) here: handled, whatever history replays.
         self.seen_prompt_ids: set[str] = set()
         # Ably ids of messages handled for good without storing (refused or ignored), so the
@@ -144,6 +145,8 @@ class ConversationSession:
         self.settled_message_ids: set[str] = set()
         # Prompts in this session's queue or being answered.
         self.queued_prompt_ids: set[str] = set()
+        # Version requests (Regenerate, Retry) handled here or queued: requestId.
+        self.seen_request_ids: set[str] = set()
         self.intake_failures: dict[str, int] = {}
         self.handling = False
         # The conversation no longer exists: every prompt is refused.
@@ -186,7 +189,9 @@ class ConversationSession:
     async def _history_since(
         self,
         since_ms: int,
-        wanted: frozenset[str] = frozenset({events.Name.PROMPT, events.Name.CANCEL}),
+        wanted: frozenset[str] = frozenset(
+            {events.Name.PROMPT, events.Name.CANCEL, events.Name.REGENERATE}
+        ),
     ) -> list[AblyMessage]:
         collected: list[AblyMessage] = []
         try:
@@ -228,7 +233,7 @@ class ConversationSession:
 
     async def _handle(self, message: AblyMessage) -> None:
         name = message.name
-        if name not in (events.Name.PROMPT, events.Name.CANCEL):
+        if name not in (events.Name.PROMPT, events.Name.CANCEL, events.Name.REGENERATE):
             if (
                 name in events.AGENT_NAMES
                 and message.client_id != self.agent.config.agent_client_id
@@ -268,6 +273,8 @@ class ConversationSession:
             return
         if name == events.Name.PROMPT:
             await self._accept_prompt(message, client_id)
+        elif name == events.Name.REGENERATE:
+            await self._accept_regenerate(message, client_id)
         else:
             self._accept_cancel(message, client_id)
 
@@ -324,12 +331,14 @@ class ConversationSession:
             if await db_retrying(store.answered_prompt_ids, [prompt.prompt_id]):
                 self.seen_prompt_ids.add(prompt.prompt_id)
                 return
-            stored, _ = await db_retrying(
+            stored, created = await db_retrying(
                 actions.record_prompt,
                 self.conversation_id,
                 prompt_id=prompt.prompt_id,
                 text=prompt.text,
                 client_id=client_id,
+                parent_id=prompt.parent_id,
+                edit_of=prompt.edit_of,
             )
         except ValueError as error:
             # A promptId another conversation already uses: not this prompt, never storable.
@@ -367,13 +376,47 @@ class ConversationSession:
         if refusal:
             self.attachment_refusals[prompt.prompt_id] = refusal
         self.last_activity = time.monotonic()
+        if created:
+            # Issue 16: the new prompt (a branch, when it is an edit) is the shown path now.
+            self.agent.spawn(self.publish_path())
         self.queue(stored)
 
-    def queue(self, prompt: Message) -> None:
-        if str(prompt.prompt_id) in self.queued_prompt_ids:
+    async def _accept_regenerate(self, message: AblyMessage, client_id: str) -> None:
+        """Issue 16: a new version of a stored prompt's reply (Regenerate, Retry)."""
+        try:
+            request = events.Regenerate.from_wire(message.data, message.extras)
+        except events.EventError as error:
+            logger.warning("ignoring a malformed regenerate on %s: %s", self.channel_name, error)
+            self._settle(message)
             return
-        self.queued_prompt_ids.add(str(prompt.prompt_id))
-        self.prompts.put_nowait(prompt)
+        if request.request_id in self.seen_request_ids:
+            return
+        prompt = await db_retrying(store.stored_prompt, self.conversation_id, request.prompt_id)
+        if prompt is None or await db_retrying(
+            store.request_answered, request.prompt_id, request.request_id
+        ):
+            self.seen_request_ids.add(request.request_id)
+            self._settle(message)
+            return
+        self.seen_request_ids.add(request.request_id)
+        self.last_activity = time.monotonic()
+        self.queue(prompt, request_id=request.request_id)
+
+    async def publish_path(self) -> None:
+        """Tell every device which path is shown now (after a new prompt or reply version)."""
+        try:
+            event = await db_retrying(actions.path_event, self.conversation_id)
+            deadline = min(time.monotonic() + REFUSAL_PUBLISH_SECONDS, self.agent.hard_deadline)
+            await self.publish_until(event, deadline)
+        except Exception as error:  # noqa: BLE001 - a reload still shows the right path
+            logger.error("publishing the path on %s failed: %r", self.channel_name, error)
+
+    def queue(self, prompt: Message, *, request_id: str | None = None) -> None:
+        key = request_id or str(prompt.prompt_id)
+        if key in self.queued_prompt_ids:
+            return
+        self.queued_prompt_ids.add(key)
+        self.prompts.put_nowait((prompt, request_id))
 
     async def sweep(self, now_ms: int) -> int:
         """Take in the prompts in recent history that have no reply and are not on their way.
@@ -444,12 +487,12 @@ class ConversationSession:
 
     async def _worker_loop(self) -> None:
         while True:
-            prompt = await self.prompts.get()
+            prompt, request_id = await self.prompts.get()
             if self.agent.stopping:
                 continue  # Unclaimed: the next agent to start answers it from history.
             try:
                 async with self.agent.run_slots:
-                    run = ReplyRun(self, prompt)
+                    run = ReplyRun(self, prompt, request_id=request_id)
                     self.agent.runs.add(run)
                     try:
                         await run.execute()
@@ -458,7 +501,7 @@ class ConversationSession:
             except Exception:
                 logger.exception("answering prompt %s failed", prompt.prompt_id)
             finally:
-                self.queued_prompt_ids.discard(str(prompt.prompt_id))
+                self.queued_prompt_ids.discard(request_id or str(prompt.prompt_id))
                 self.active = None
                 self.last_activity = time.monotonic()
                 if self.prompts.empty():
@@ -558,8 +601,12 @@ class ConversationSession:
 class ReplyRun:
     """One answer to one prompt, from claim to the final database write."""
 
-    def __init__(self, session: ConversationSession, prompt: Message) -> None:
+    def __init__(
+        self, session: ConversationSession, prompt: Message, *, request_id: str | None = None
+    ) -> None:
         self.session = session
+        # Issue 16: a Regenerate/Retry request makes a new version; None, the first reply.
+        self.request_id = request_id
         self.agent = session.agent
         self.config = session.agent.config
         self.prompt = prompt
@@ -602,6 +649,7 @@ class ReplyRun:
             response_id=self.response_id,
             model=self.config.model,
             agent_id=self.config.agent_id,
+            request_id=self.request_id,
         )
         if self.reply is None:
             logger.info("prompt %s is answered by another agent", self.prompt_id)
@@ -623,6 +671,8 @@ class ReplyRun:
     async def _answer(self) -> None:
         await self.session.set_status(events.AgentStatus.THINKING)
         await self.session.publish_until(events.Start(self.headers), self.publish_deadline())
+        # Issue 16: the reply (a new version, or the answer the shown path waited for) is shown.
+        await self.session.publish_path()
 
         rejection = self.session.attachment_refusals.pop(self.prompt_id, None)
         rejection = rejection or await self._check_limits()
@@ -668,7 +718,11 @@ class ReplyRun:
         under its id) is settled as interrupted instead of waited for.
         """
         deadline = time.monotonic() + self.config.ordering_wait
-        while earlier := await db_retrying(store.earlier_replies_in_progress, self.prompt):
+        while earlier := await db_retrying(
+            store.earlier_replies_in_progress,
+            self.prompt,
+            including_own=self.request_id is not None,
+        ):
             if not await self.session.settle_orphans(earlier):
                 continue
             if time.monotonic() > deadline:

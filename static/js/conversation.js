@@ -11,7 +11,8 @@
 import { CONVERSATION_GONE_EVENT, authorizeFor, csrfToken, headersOf, newUuid, userScoped } from "./realtime.js";
 import { attachCopyButton, renderMarkdown, renderPlain } from "./markdown.js";
 // Attachments (issue 17): the composer's files and the list under a prompt.
-import { attachmentsHeader, attachmentsOf, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
+import { attachmentsHeader, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
+import { createVersions } from "./versions.js";
 
 const HISTORY_PAGE_LIMIT = 1000;
 const HISTORY_MAX_PAGES = 50;
@@ -75,6 +76,15 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   let stickToBottom = true;
   let composerFiles = null; // issue 17: bindComposerAttachments(), null when read-only
   let creatingForOutbox = false; // the outbox waits on the draft's create POST
+
+  // Issue 16 (static/js/versions.js): the shown path, `< n/m >`, Edit.
+  const versions = createVersions(root, config, {
+    sendEdit: (text, placement) => sendPrompt(text, placement),
+    onChange: () => {
+      refreshRegenerateVisibility();
+      updateControls();
+    },
+  });
 
   // ---------------------------------------------------------------------------------------------
   // Scrolling: follow the stream unless the reader scrolled up to read something earlier.
@@ -213,11 +223,18 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     }
   }
 
-  function addPrompt(promptId, text, { fromHere = false, clientId = null, awaitingReply = true, attachments = [] } = {}) {
+  function addPrompt(
+    promptId,
+    text,
+    { fromHere = false, clientId = null, awaitingReply = true, attachments = [], parentId = "", editOf = "" } = {},
+  ) {
     if (prompts.has(promptId)) return prompts.get(promptId);
     removeEmptyNote();
     const element = turnShell("user");
     element.dataset.promptId = promptId;
+    // Issue 16: where it goes in the tree; an edit's prompt replaces the edited one on the path.
+    element.dataset.parentId = versions.parentFor({ parentId, editOf });
+    if (editOf) versions.hideFrom(versions.elementFor(editOf));
     element.setAttribute("aria-label", fromHere || clientId === config.clientId ? "You" : "Prompt");
     renderPlain(element.querySelector(".turn-text"), text);
     // Issue 17: the files sent with it, under the text.
@@ -225,9 +242,10 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     if (fileList) element.querySelector(".turn-text").after(fileList);
     turnsElement.append(element);
     // Until its reply starts, Stop cancels the prompt itself (the agent may still be queueing it).
-    const entry = { promptId, text, element, state: "sent", awaitingReply, attachments };
+    const entry = { promptId, text, element, state: "sent", awaitingReply, attachments, parentId, editOf };
     prompts.set(promptId, entry);
     if (fromHere) setPromptState(entry, "sending");
+    versions.refresh();
     followStream();
     updateControls();
     return entry;
@@ -271,8 +289,15 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     replies.set(responseId, reply);
     const prompt = promptId ? prompts.get(promptId) : null;
     if (prompt) prompt.awaitingReply = false;
+    // Issue 16: a new version of a prompt's reply replaces the one shown (and what followed it).
+    const shownVersion = [...replies.values()].find(
+      (other) => other !== reply && other.promptId === promptId && promptId && !other.element.hidden,
+    );
+    if (shownVersion) versions.hideFrom(shownVersion.element);
     placeReply(reply);
+    versions.adoptWaitingPrompts(element);
     setStreaming(reply, true);
+    versions.refresh();
     return reply;
   }
 
@@ -388,19 +413,34 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     if (config.readOnly || deleted) return;
     const promptText = promptTextFor(reply.promptId);
     if (promptText === null) return;
-    // Issue 17: the prompt's files go again with it (read when clicked, from the prompt's list).
-    const resend = () => sendPrompt(promptText, attachmentsOf(promptElementFor(reply.promptId)));
+    // Issue 16: both ask for a new version of this prompt's reply, shown in its place (the agent
+    // sends the prompt's stored files again, issue 17).
     if (reply.status === STATUS.error || reply.status === STATUS.interrupted) {
-      actionButton(bar, "Retry", "retry", resend);
+      actionButton(bar, "Retry", "retry", (event) => requestVersion(reply, event.currentTarget));
     }
-    actionButton(bar, "Regenerate", "regenerate", resend);
+    actionButton(bar, "Regenerate", "regenerate", (event) => requestVersion(reply, event.currentTarget));
     refreshRegenerateVisibility();
   }
 
-  // Only the newest answer offers Regenerate: regenerating an old one would answer out of order.
+  // Only the newest answer shown offers Regenerate: regenerating an old one would answer out of
+  // order (flip to an older version's path to regenerate there).
   function refreshRegenerateVisibility() {
-    const buttons = [...turnsElement.querySelectorAll("[data-regenerate]")];
+    const buttons = [...turnsElement.querySelectorAll("article.turn:not([hidden]) [data-regenerate]")];
     buttons.forEach((button, index) => (button.hidden = index !== buttons.length - 1));
+  }
+
+  // Issue 16: Regenerate and Retry publish a `regenerate` request; the agent answers it once.
+  function requestVersion(reply, button) {
+    if (!channel || !reply.promptId) return;
+    if (button) button.disabled = true;
+    readerScrolls(false);
+    stickToBottom = true;
+    channel
+      .publish({ name: NAMES.regenerate, data: "", extras: { headers: { promptId: reply.promptId, requestId: newUuid() } } })
+      .catch((error) => {
+        if (button) button.disabled = false;
+        showComposerError(`Could not ask again: ${error.message || error}`);
+      });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -408,7 +448,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
 
   function isTrusted(message) {
     if (AGENT_NAMES.has(message.name)) return message.clientId === config.agentClientId;
-    if (message.name === NAMES.title) {
+    if (message.name === NAMES.title || message.name === NAMES.path) {
       return message.clientId === config.agentClientId || message.clientId === config.serverClientId;
     }
     return true;
@@ -466,6 +506,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
         return applyTitle(typeof message.data === "string" ? message.data : "");
       case NAMES.refusal:
         return applyRefusal(message);
+      case NAMES.path:
+        return applyPathMessage(message);
       default:
         return undefined; // cancel and anything newer than this client: nothing to show.
     }
@@ -479,8 +521,24 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       if (entry.state !== "sent") setPromptState(entry, "sent");
       return;
     }
-    const attachments = parseAttachmentsHeader(headersOf(message)); // issue 17
-    addPrompt(promptId, message.data, { clientId: message.clientId, attachments });
+    const headers = headersOf(message);
+    addPrompt(promptId, message.data, {
+      clientId: message.clientId,
+      attachments: parseAttachmentsHeader(headers), // issue 17
+      parentId: typeof headers.parentId === "string" ? headers.parentId : "",
+      editOf: typeof headers.editOf === "string" ? headers.editOf : "",
+    });
+  }
+
+  function applyPathMessage(message) {
+    let ids = null;
+    try {
+      ids = JSON.parse(typeof message.data === "string" ? message.data : "null");
+    } catch {
+      return;
+    }
+    versions.applyPath(ids);
+    followStream();
   }
 
   function applyResponseChunk(message) {
@@ -596,6 +654,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
         setStreaming(reply, true);
       }
     }
+    versions.refresh();
   }
 
   // Page back from the attach point until a prompt whose answer is already final here: everything
@@ -674,16 +733,18 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     composerError.hidden = !message;
   }
 
-  function sendPrompt(text, attachments = []) {
+  // `placement` (issue 16): {editOf, parentId} for an edit; else it continues the shown path.
+  // `attachments` (issue 17): files alone make a message; text is then optional.
+  function sendPrompt(text, placement = null, attachments = []) {
     if (deleted) return false;
-    // Issue 17: files alone make a message; text is then optional.
     const problem = attachments.length && !text.trim() ? null : validatePrompt(text);
     if (problem) {
       showComposerError(problem);
       return false;
     }
     showComposerError("");
-    const entry = addPrompt(newUuid(), text, { fromHere: true, attachments });
+    const { editOf = "", parentId = versions.shownLeafId() } = placement || {};
+    const entry = addPrompt(newUuid(), text, { fromHere: true, attachments, editOf, parentId });
     readerScrolls(false);
     stickToBottom = true;
     followStream();
@@ -726,11 +787,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     while (outbox.length) {
       const entry = outbox.shift();
       setPromptState(entry, "sending");
-      const headers = { promptId: entry.promptId };
-      const attachments = attachmentsHeader(entry.attachments); // issue 17
-      if (attachments) headers.attachments = attachments;
       channel
-        .publish({ name: NAMES.prompt, data: entry.text, extras: { headers } })
+        .publish({ name: NAMES.prompt, data: entry.text, extras: { headers: promptHeaders(entry) } })
         .then(() => {
           if (entry.state === "sending") setPromptState(entry, "sent");
           announceFirstPrompt();
@@ -746,6 +804,15 @@ export function mountConversation(realtime, root, config, hooks = {}) {
         });
     }
     updateControls();
+  }
+
+  function promptHeaders(entry) {
+    const headers = { promptId: entry.promptId };
+    if (entry.parentId) headers.parentId = entry.parentId;
+    if (entry.editOf) headers.editOf = entry.editOf;
+    const attachments = attachmentsHeader(entry.attachments); // issue 17
+    if (attachments) headers.attachments = attachments;
+    return headers;
   }
 
   function streamingReplies() {
@@ -799,7 +866,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       event.preventDefault();
       const files = composerFiles ? composerFiles.forSending() : { items: [], problem: null };
       if (files.problem) showComposerError(files.problem);
-      else if (sendPrompt(composerInput.value, files.items)) {
+      else if (sendPrompt(composerInput.value, null, files.items)) {
         composerInput.value = "";
         if (composerFiles) composerFiles.clearSent();
         autoGrow();
@@ -914,7 +981,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     if (note) note.hidden = false;
     showStatusNote("This conversation was deleted on another device. Start a new chat to carry on.");
     for (const element of root.querySelectorAll("[data-conversation-menu], [data-composer]")) element.hidden = true;
-    for (const button of root.querySelectorAll("[data-regenerate], [data-retry], [data-resend]")) button.remove();
+    for (const button of root.querySelectorAll("[data-regenerate], [data-retry], [data-resend], [data-edit]")) button.remove();
     if (stopButton) stopButton.hidden = true;
     applyTitle(root.querySelector("[data-conversation-title]")?.textContent || "");
   }

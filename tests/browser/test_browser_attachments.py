@@ -146,12 +146,15 @@ def test_paste_and_drop_are_seen_by_every_device_and_by_claude(
     assert intruder.page.request.get(image_url).status == 404
     assert laptop.page.request.get(image_url).status == 200
 
-    # Regenerate (here from the reloaded page) sends the same files with the prompt again.
+    # Regenerate (here from the reloaded page) answers the same prompt, files and all, again
+    # (issue 16: a second version of the reply, not a second prompt).
     laptop.page.locator("[data-regenerate]").click()
-    expect(laptop.prompts()).to_have_count(2)
-    expect(phone.prompts().nth(1).locator("[data-attachments] li")).to_have_count(2)
-    expect(laptop.replies().nth(1)).to_have_attribute("data-status", "complete")
-    expect(laptop.replies().nth(1)).to_contain_text("Quarterly report")
+    for device in (laptop, phone):
+        expect(device.replies().first.locator("[data-version-label]")).to_have_text("2/2")
+    expect(laptop.prompts()).to_have_count(1)
+    expect(phone.prompts().first.locator("[data-attachments] li")).to_have_count(2)
+    expect(laptop.replies().first).to_have_attribute("data-status", "complete")
+    expect(laptop.replies().first).to_contain_text("Quarterly report")
     last_turn = stack.anthropic.messages_requests[-1].body["messages"][-1]
     assert [block["type"] for block in last_turn["content"]] == ["image", "document", "text"]
 
