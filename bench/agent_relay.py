@@ -42,6 +42,9 @@ AGENT_CLIENT_ID = "agent"
 DEVICES_PER_CONVERSATION = 2
 LIMIT_MARKERS = ("42911", "Rate limit exceeded", "40031", "channels per connection")
 REPLY_LOG = re.compile(r"reply conversation=(\S+) .*? messages=(\d+)")
+# `run_agent --log-loop-lag`: the event loop's worst lag per interval.
+LOOP_LAG_LOG = re.compile(r"event loop worst lag ([\d.]+) ms")
+LOOP_LAG_INTERVAL_SECONDS = 1.0
 
 WORDS = (
     "relay stream token channel device presence history append latency budget window "
@@ -111,6 +114,8 @@ class Outcome:
     stream_rate: float
     peak_streams: int
     wall_seconds: float
+    # The agent's worst event-loop lag while the replies streamed (nan for the naive publisher).
+    loop_lag_ms: float = math.nan
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -158,6 +163,7 @@ class Outcome:
             "peak_concurrent_streams": self.peak_streams,
             "within_limits": self.within_limits,
             "wall_seconds": self.wall_seconds,
+            "loop_lag_ms": self.loop_lag_ms,
             "notes": self.notes,
         }
 
@@ -417,6 +423,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                 await http.post("/_bench/reset")
             rss_before = common.rss_bytes(publisher.pid)
             cpu_before = common.cpu_seconds(publisher.pid)
+            log_before = len(publisher.output())
             peak = [rss_before]
             sampling = asyncio.Event()
             sampler = asyncio.create_task(_sample_rss(publisher.pid, peak, sampling))
@@ -441,6 +448,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         finally:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
+        loop_lag_ms = math.nan
         if scenario.publisher == "naive":
             publisher.process.wait(30)
             tally = json.loads(publisher.output().strip().splitlines()[-1])
@@ -458,6 +466,12 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             ):
                 await asyncio.sleep(0.1)
             log = publisher.output()
+            # Lag lines from the prompts on, plus one interval so the last one is logged.
+            await asyncio.sleep(LOOP_LAG_INTERVAL_SECONDS)
+            lags = [
+                float(m.group(1)) for m in LOOP_LAG_LOG.finditer(publisher.output()[log_before:])
+            ]
+            loop_lag_ms = max(lags, default=math.nan)
             counts = [int(m.group(2)) for m in REPLY_LOG.finditer(log)]
             # The agent logs the stream's own messages; + `start` and `stop`.
             published_per_reply = (sum(counts) + 2 * len(counts)) / max(1, len(counts))
@@ -514,6 +528,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         stream_rate=stream_rate,
         peak_streams=peak_streams,
         wall_seconds=wall,
+        loop_lag_ms=loop_lag_ms,
         notes=notes,
     )
 
@@ -585,6 +600,8 @@ def _start_agent(scenario: Scenario, env: dict[str, str], workdir: Path) -> comm
         str(max(1, scenario.conversations)),
         "--streaming-pattern",
         scenario.pattern,
+        "--log-loop-lag",
+        str(LOOP_LAG_INTERVAL_SECONDS),
     ]
     if scenario.flush_window is not None:
         args += ["--flush-window", str(scenario.flush_window)]
@@ -716,6 +733,7 @@ async def bench(
                 f["rss_kb_per_conversation"],
                 f["stream_tokens_per_second"],
                 f["peak_concurrent_streams"],
+                f["loop_lag_ms"],
                 "yes" if o.within_limits else "NO",
             ]
         )
@@ -738,6 +756,7 @@ async def bench(
             "RSS KB/conv",
             "stream tok/s",
             "peak streams",
+            "worst loop lag ms",
             "within limits",
         ],
         rows,

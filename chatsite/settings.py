@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,14 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "axes",
+    "csp",
     "conversations",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before WhiteNoise, so static files carry the policy too (an SVG opened on its own).
+    "chatsite.policy.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -51,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatsite.policy.ProductErrorPagesMiddleware",
     # Last, as axes asks: turns a locked-out log-in into its lockout response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -158,8 +163,18 @@ STATICFILES_DIRS = [
     ("vendor/highlight.js/es", NODE_MODULES_DIR / "highlight.js" / "es"),
     ("vendor/highlight.js/lib", NODE_MODULES_DIR / "highlight.js" / "lib"),
 ]
+# Uploaded attachments go through the default storage: a local folder unless MEDIA_STORAGE_BACKEND
+# names another (e.g. storages.backends.s3.S3Storage from django-storages, options as JSON in
+# MEDIA_STORAGE_OPTIONS). Never served from MEDIA_URL: only through the access-checked view.
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+MEDIA_URL = "/media/"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {
+        "BACKEND": env.str(
+            "MEDIA_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+        ),
+        "OPTIONS": env.json("MEDIA_STORAGE_OPTIONS", default={}),
+    },
     "staticfiles": {
         "BACKEND": env.str(
             "STATICFILES_BACKEND",
@@ -182,6 +197,26 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE_HTTPS el
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# The page policy (django-csp): scripts, styles and fonts from our origin only, no inline script
+# or style; images from our origin and data: only (a model's image URLs become links, see
+# static/js/markdown.js). connect-src gains the Ably endpoints per response (chatsite/policy.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "media-src": [NONE],
+        "object-src": [NONE],
+        "frame-src": [NONE],
+        "worker-src": [SELF],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 # --- Ably -------------------------------------------------------------------------------------
 # Without ABLY_API_KEY in the environment the site uses the local stand-in's development key and
@@ -209,6 +244,20 @@ CLAUDE_SYSTEM_PROMPT = env.str(
     default="You are Claude, a helpful assistant. Answer clearly; use Markdown where it helps.",
 )
 CLAUDE_CONTEXT_TOKEN_BUDGET = env.int("CLAUDE_CONTEXT_TOKEN_BUDGET", default=100_000)
+
+# --- Attachments ------------------------------------------------------------------------------
+# Defaults are the Messages API's own limits, so a file we accept is one Claude accepts. The API
+# measures images and whole requests on the base64 text, which is 4/3 of the file: 5 MB of
+# base64 is a 3.75 MiB image, and a 32 MB request holds at most 24 MiB of files.
+ATTACHMENT_MAX_IMAGE_BYTES = env.int("ATTACHMENT_MAX_IMAGE_BYTES", default=5 * 1024 * 1024 * 3 // 4)
+ATTACHMENT_MAX_IMAGE_SIDE = env.int("ATTACHMENT_MAX_IMAGE_SIDE", default=8000)
+ATTACHMENT_MAX_PDF_BYTES = env.int("ATTACHMENT_MAX_PDF_BYTES", default=32 * 1024 * 1024)
+ATTACHMENT_MAX_PDF_PAGES = env.int("ATTACHMENT_MAX_PDF_PAGES", default=100)
+# Text and code files go to Claude as text; 512 KiB is ~130k tokens, already past most budgets.
+ATTACHMENT_MAX_TEXT_BYTES = env.int("ATTACHMENT_MAX_TEXT_BYTES", default=512 * 1024)
+ATTACHMENT_MAX_FILES_PER_PROMPT = env.int("ATTACHMENT_MAX_FILES_PER_PROMPT", default=20)
+# The whole Messages request, base64 included (the API's 413 threshold).
+ATTACHMENT_MAX_REQUEST_BYTES = env.int("ATTACHMENT_MAX_REQUEST_BYTES", default=32 * 1024 * 1024)
 
 # --- Streaming --------------------------------------------------------------------------------
 STREAMING_PATTERN = env.str("STREAMING_PATTERN", default="message-per-response")

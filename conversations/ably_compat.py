@@ -128,6 +128,30 @@ def install_python_realtime_port_patch() -> None:
     transport_class.connect = connect
 
 
+# Real Ably (ably-js 2.x with no endpoint option): the primary `main.realtime.ably.net`, its
+# fallbacks `main.[a-e].fallback.ably-realtime.com`, and the connectivity checks on
+# `*.ably-realtime.com`, each over HTTPS (REST, token and comet) and WSS (realtime).
+ABLY_DEFAULT_CONNECT_SOURCES = (
+    "https://*.ably.net",
+    "wss://*.ably.net",
+    "https://*.ably-realtime.com",
+    "wss://*.ably-realtime.com",
+    "https://rest.ably.io",
+)
+
+
+def csp_connect_sources(endpoint_url: str) -> list[str]:
+    """The Content-Security-Policy `connect-src` entries the browser's ably-js needs."""
+    parsed = _parse(endpoint_url)
+    if parsed is None:
+        return list(ABLY_DEFAULT_CONNECT_SOURCES)
+    host, port, tls = parsed
+    if ":" in host:
+        host = f"[{host}]"
+    http, ws = ("https", "wss") if tls else ("http", "ws")
+    return [f"{http}://{host}:{port}", f"{ws}://{host}:{port}"]
+
+
 def install_python_resend_patch() -> None:
     """Make ably-python 3.1.x answer every publish it re-sends after a reconnect.
 

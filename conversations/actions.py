@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import events, realtime
+from . import events, realtime, tree
 from .models import AgentLease, Conversation, Message
 from .text import storable
 
@@ -40,12 +40,14 @@ def publish_list_change(conversation: Conversation, action: events.ListAction) -
     _publish_on_commit(channel, _list_change(conversation, action))
 
 
-def create_conversation(owner: Any, *, title: str = "") -> Conversation:
+def create_conversation(owner: Any, *, title: str = "", announce: bool = True) -> Conversation:
+    """`announce=False`: no list change yet (made for a draft's first file, it is still empty)."""
     with transaction.atomic():
         conversation = Conversation.objects.create(
             owner=owner, title=storable(title), title_set_by_user=bool(title)
         )
-        publish_list_change(conversation, events.ListAction.CREATED)
+        if announce:
+            publish_list_change(conversation, events.ListAction.CREATED)
     return conversation
 
 
@@ -112,14 +114,36 @@ def revoke_ably_tokens(users: Iterable[Any]) -> None:
 
 
 def record_prompt(
-    conversation_id: Any, *, prompt_id: str, text: str, client_id: str
+    conversation_id: Any,
+    *,
+    prompt_id: str,
+    text: str,
+    client_id: str,
+    parent_id: str | None = None,
+    edit_of: str | None = None,
 ) -> tuple[Message, bool]:
     """Store a prompt once however often it is replayed (live, history catch-up, other agents).
 
     Returns the stored prompt and whether this call created it. A promptId already used in a
     different conversation raises ValueError: it cannot be the same prompt.
+
+    Issue 16: the new prompt goes in the tree where the device put it (`edit_of`: beside that
+    prompt; `parent_id`: after that message; else after the shown path's leaf) and becomes the
+    shown path's leaf.
     """
     with transaction.atomic():
+        existing = Message.objects.filter(prompt_id=prompt_id, role=Message.Role.USER).first()
+        if existing is not None:
+            if str(existing.conversation_id) != str(conversation_id):
+                raise ValueError("promptId already belongs to another conversation")
+            return existing, False
+        # Locked: two prompts arriving at once each continue the path the other made.
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        parent = (
+            _prompt_parent(conversation, parent_id=parent_id, edit_of=edit_of)
+            if conversation is not None
+            else None
+        )
         prompt, created = Message.objects.get_or_create(
             prompt_id=prompt_id,
             role=Message.Role.USER,
@@ -128,34 +152,122 @@ def record_prompt(
                 "client_id": client_id,
                 "text": storable(text),
                 "status": Message.Status.COMPLETE,
+                "parent": parent,
             },
         )
         if str(prompt.conversation_id) != str(conversation_id):
             raise ValueError("promptId already belongs to another conversation")
         if created:
-            Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+            Conversation.objects.filter(pk=conversation_id).update(
+                updated_at=timezone.now(), current_leaf=prompt
+            )
     return prompt, created
 
 
-def claim_reply(prompt: Message, *, response_id: str, model: str, agent_id: str) -> Message | None:
-    """Create the reply row, which claims the prompt for this agent process.
+def _prompt_parent(
+    conversation: Conversation, *, parent_id: str | None, edit_of: str | None
+) -> Message | None:
+    messages = Message.objects.filter(conversation=conversation)
+    if edit_of:
+        edited = messages.filter(role=Message.Role.USER, prompt_id=edit_of).first()
+        if edited is not None:
+            return edited.parent
+    parent = None
+    if parent_id:
+        parent = (
+            messages.filter(response_id=parent_id).first()
+            or messages.filter(role=Message.Role.USER, prompt_id=parent_id).first()
+        )
+    if parent is None:
+        parent = conversation.current_leaf
+    if parent is not None and parent.role == Message.Role.USER:
+        # The device sent it before that prompt's reply started: it continues the reply.
+        first_reply = (
+            messages.filter(role=Message.Role.ASSISTANT, parent=parent)
+            .order_by("created_at", "id")
+            .first()
+        )
+        parent = first_reply or parent
+    return parent
 
-    The unique constraint on (prompt_id, role=assistant) makes exactly one of any number of
-    agent processes succeed; the others get None and leave the prompt alone.
+
+def claim_reply(
+    prompt: Message,
+    *,
+    response_id: str,
+    model: str,
+    agent_id: str,
+    request_id: str | None = None,
+) -> Message | None:
+    """Create the reply row, which claims the version request for this agent process.
+
+    `request_id`: a Regenerate/Retry request; None for the prompt's first reply (whose request
+    id is the prompt's own id). The unique constraint on (prompt_id, request_id, role=assistant)
+    makes exactly one of any number of agent processes succeed; the others get None.
+
+    Issue 16: the reply goes under its prompt. A first reply adopts prompts sent after its
+    prompt before it started (they continue it) and becomes the leaf if its prompt was; a new
+    version always becomes the shown path.
     """
+    first = request_id is None or str(request_id) == str(prompt.prompt_id)
     try:
         with transaction.atomic():
-            return Message.objects.create(
+            reply = Message.objects.create(
                 conversation_id=prompt.conversation_id,
                 role=Message.Role.ASSISTANT,
                 prompt_id=prompt.prompt_id,
+                request_id=prompt.prompt_id if first else request_id,
+                parent_id=prompt.pk,
                 response_id=response_id,
                 model=model,
                 agent_id=agent_id,
                 status=Message.Status.STREAMING,
             )
+            conversations = Conversation.objects.filter(pk=prompt.conversation_id)
+            if first:
+                Message.objects.filter(parent_id=prompt.pk, role=Message.Role.USER).update(
+                    parent=reply
+                )
+                conversations = conversations.filter(current_leaf_id=prompt.pk)
+            conversations.update(current_leaf=reply)
+            return reply
     except IntegrityError:
         return None
+
+
+def shown_path(conversation_id: Any) -> list[Message]:
+    """The conversation's shown path, root first (one query for the messages)."""
+    leaf = (
+        Conversation.objects.filter(pk=conversation_id)
+        .values_list("current_leaf_id", flat=True)
+        .first()
+    )
+    return tree.path_to(Message.objects.filter(conversation_id=conversation_id), leaf)
+
+
+def path_event(conversation_id: Any) -> events.Path:
+    return events.Path(ids=tuple(tree.wire_id(m) for m in shown_path(conversation_id)))
+
+
+def select_version(conversation: Conversation, wire_id: str) -> events.Path | None:
+    """Show the path through one message (a device flipped `< n/m >` to it); tell every device.
+
+    The path continues below it along the newest child at each step. None (nothing changes)
+    when no message of this conversation has that id.
+    """
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        messages = list(Message.objects.filter(conversation=locked))
+        chosen = next((m for m in messages if tree.wire_id(m) == wire_id), None)
+        if chosen is None:
+            return None
+        leaf = tree.newest_leaf_below(messages, chosen)
+        locked.current_leaf = leaf
+        # Not `updated_at`: looking at another version is not activity.
+        locked.save(update_fields=["current_leaf"])
+        event = events.Path(ids=tuple(tree.wire_id(m) for m in tree.path_to(messages, leaf.pk)))
+        _publish_on_commit(locked.channel_name, event)
+    return event
 
 
 def finish_reply(
@@ -168,6 +280,9 @@ def finish_reply(
     error: str = "",
     input_tokens: int = 0,
     output_tokens: int = 0,
+    usage_estimated: bool = False,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
     first_token_at: Any = None,
     publish: Callable[[str, realtime.Event], None] | None = None,
 ) -> bool:
@@ -175,6 +290,9 @@ def finish_reply(
 
     `publish` sends the list change after commit (default `realtime.publish`, a blocking HTTP
     call); the agent passes one that hands it to another thread, off its database thread.
+    `usage_estimated`: `output_tokens` is the agent's estimate, not the API's count (a reply
+    stopped, failed or interrupted before the API reported it). `cache_*_input_tokens`: the
+    prompt tokens the API wrote to / read from its prompt cache (not part of `input_tokens`).
     """
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
@@ -185,6 +303,9 @@ def finish_reply(
             error=storable(error),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            usage_estimated=usage_estimated,
+            cache_creation_input_tokens=cache_creation_input_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
             first_token_at=first_token_at,
             completed_at=timezone.now(),
         )
@@ -238,10 +359,17 @@ def apply_generated_title(conversation_id: Any, title: str) -> bool:
     return bool(updated)
 
 
-def record_interrupted_text(reply: Message, *, text: str, thinking: str) -> None:
-    """Keep what devices saw of an interrupted reply (read back from the channel's history)."""
+def record_interrupted_text(
+    reply: Message, *, text: str, thinking: str, output_tokens: int = 0
+) -> None:
+    """Keep what devices saw of an interrupted reply (read back from the channel's history),
+    with an estimate of the output tokens it cost: the process that streamed it died before
+    writing the API's count."""
     Message.objects.filter(pk=reply.pk, status=Message.Status.INTERRUPTED).update(
-        text=storable(text), thinking=storable(thinking)
+        text=storable(text),
+        thinking=storable(thinking),
+        output_tokens=output_tokens,
+        usage_estimated=True,
     )
 
 

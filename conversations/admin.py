@@ -11,9 +11,10 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from . import actions
+from . import actions, tree
+from .attachment_admin import attachments_table
 from .models import Conversation, Message
 
 User = get_user_model()
@@ -31,7 +32,21 @@ def _subquery_total(queryset: QuerySet, group_field: str, aggregate: Any) -> Coa
     return Coalesce(Subquery(totals, output_field=IntegerField()), 0)
 
 
+def _cache_totals(messages: QuerySet, group_by: str) -> dict[str, Coalesce]:
+    """Prompt-cache token totals (`_cache_*_input_tokens`): with input and output, what the
+    prompts cost (cache writes at 1.25x the input price, reads at 0.1x)."""
+    return {
+        f"_{field}": _subquery_total(messages, group_by, Sum(field))
+        for field in ("cache_creation_input_tokens", "cache_read_input_tokens")
+    }
+
+
 # --- Exports ---
+
+
+def _tree_messages(conversation: Conversation) -> list[Message]:
+    """Issue 16: every message in tree order (versions after their prompt), with its place."""
+    return tree.for_page(conversation.messages.all(), conversation.current_leaf_id)
 
 
 def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
@@ -56,10 +71,18 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
                 "error": message.error,
                 "input_tokens": message.input_tokens,
                 "output_tokens": message.output_tokens,
+                "usage_estimated": message.usage_estimated,
+                "cache_creation_input_tokens": message.cache_creation_input_tokens,
+                "cache_read_input_tokens": message.cache_read_input_tokens,
                 "created_at": message.created_at.isoformat(),
                 "completed_at": message.completed_at.isoformat() if message.completed_at else None,
+                # The tree: what it follows, its place among its siblings, and on the shown path?
+                "parent_id": message.parent_wire_id or None,
+                "version": message.versions.index,
+                "versions": message.versions.count,
+                "shown": message.on_path,
             }
-            for message in conversation.messages.all()
+            for message in _tree_messages(conversation)
         ],
     }
 
@@ -74,10 +97,12 @@ def conversation_as_markdown(conversation: Conversation) -> str:
         f"- Conversation id: {conversation.pk}",
         "",
     ]
-    for message in conversation.messages.all():
+    for message in _tree_messages(conversation):
         who = "User" if message.role == Message.Role.USER else "Claude"
         status = "" if message.status == Message.Status.COMPLETE else f" ({message.status})"
-        lines += [f"## {who}{status}", "", message.text or "_(no text)_", ""]
+        place = tree.place_label(message)
+        place = f" [{place}]" if place else ""
+        lines += [f"## {who}{status}{place}", "", message.text or "_(no text)_", ""]
         if message.error:
             lines += [f"> Error: {message.error}", ""]
     return "\n".join(lines)
@@ -115,6 +140,7 @@ class TranscriptInline(admin.TabularInline):
     verbose_name_plural = "transcript"
     fields = (
         "created_at",
+        "place",
         "role",
         "client_id",
         "text",
@@ -124,9 +150,32 @@ class TranscriptInline(admin.TabularInline):
         "error",
         "input_tokens",
         "output_tokens",
+        "usage_estimated",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
     )
     readonly_fields = fields
     ordering = ("created_at", "id")
+
+    @admin.display(description="tree")
+    def place(self, message: Message) -> str:
+        """Issue 16: where it sits in the tree (versions under their prompt), as the page has it."""
+        if message.pk is None:
+            return ""
+        conversation = message.conversation
+        # One tree per conversation per request: every row of the inline shares it.
+        cache = getattr(self, "_tree_cache", None)
+        if cache is None or cache[0] != (conversation.pk, conversation.current_leaf_id):
+            rows = {m.pk: m for m in _tree_messages(conversation)}
+            cache = self._tree_cache = ((conversation.pk, conversation.current_leaf_id), rows)
+        placed = cache[1].get(message.pk)
+        if placed is None:
+            return ""
+        depth = len(tree.path_to(cache[1].values(), placed.pk)) - 1
+        who = "reply" if placed.role == Message.Role.ASSISTANT else "prompt"
+        label = tree.place_label(placed)
+        return f"{'· ' * depth}{who}{f' ({label})' if label else ''}"
+
     extra = 0
     can_delete = False
     show_change_link = False
@@ -148,18 +197,51 @@ class ConversationAdmin(admin.ModelAdmin):
         "message_count",
         "input_tokens",
         "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
         "archived",
     )
     list_filter = ("archived", ReplyStatusFilter, "created_at")
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email", "messages__text")
-    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link")
+    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link", "attachments")
+    readonly_fields += ("versions_tree",)
     fields = ("id", "owner", "title", "title_set_by_user", "system_prompt", "archived")
-    fields += ("created_at", "updated_at", "watch_link")
+    fields += ("created_at", "updated_at", "watch_link", "attachments", "versions_tree")
     ordering = ("-updated_at",)
     date_hierarchy = "updated_at"
     inlines = (TranscriptInline,)
     actions = ("archive_selected", "export_json", "export_markdown")
+
+    @admin.display(description="tree")
+    def versions_tree(self, conversation: Conversation) -> str:
+        """Issue 16: the whole tree, each message indented under what it follows (versions
+        under their prompt, edits beside the prompt they edit), the shown path marked."""
+        rows = _tree_messages(conversation)
+        depth_of: dict[int, int] = {}
+        for message in rows:
+            depth_of[message.pk] = depth_of.get(message.parent_id, -1) + 1
+        return format_html(
+            '<ol class="versions-tree">{}</ol>',
+            format_html_join(
+                "",
+                '<li data-depth="{}">{}{} {}: {}</li>',
+                (
+                    (
+                        depth_of[m.pk],
+                        "\u2003" * depth_of[m.pk],
+                        "User" if m.role == Message.Role.USER else "Claude",
+                        f"[{tree.place_label(m)}]" if tree.place_label(m) else "",
+                        m.text[:200] or "(no text)",
+                    )
+                    for m in rows
+                ),
+            ),
+        )
+
+    @admin.display(description="attachments")
+    def attachments(self, conversation: Conversation) -> str:
+        return attachments_table(conversation)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (
@@ -171,6 +253,7 @@ class ConversationAdmin(admin.ModelAdmin):
                 _output_tokens=_subquery_total(
                     Message.objects, "conversation", Sum("output_tokens")
                 ),
+                **_cache_totals(Message.objects, "conversation"),
             )
         )
 
@@ -189,6 +272,14 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="output tokens", ordering="_output_tokens")
     def output_tokens(self, conversation: Conversation) -> int:
         return conversation._output_tokens
+
+    @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
+    def cache_creation_input_tokens(self, conversation: Conversation) -> int:
+        return conversation._cache_creation_input_tokens
+
+    @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
+    def cache_read_input_tokens(self, conversation: Conversation) -> int:
+        return conversation._cache_read_input_tokens
 
     @admin.display(description="live view")
     def watch_link(self, conversation: Conversation) -> str:
@@ -253,6 +344,8 @@ class UsageUserAdmin(UserAdmin):
         "message_count",
         "input_tokens",
         "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
         "last_login",
     )
 
@@ -266,6 +359,7 @@ class UsageUserAdmin(UserAdmin):
                 _message_count=_subquery_total(sent, "conversation__owner", Count("pk")),
                 _input_tokens=_subquery_total(sent, "conversation__owner", Sum("input_tokens")),
                 _output_tokens=_subquery_total(sent, "conversation__owner", Sum("output_tokens")),
+                **_cache_totals(sent, "conversation__owner"),
             )
         )
 
@@ -301,6 +395,14 @@ class UsageUserAdmin(UserAdmin):
     @admin.display(description="output tokens", ordering="_output_tokens")
     def output_tokens(self, user: Any) -> int:
         return user._output_tokens
+
+    @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
+    def cache_creation_input_tokens(self, user: Any) -> int:
+        return user._cache_creation_input_tokens
+
+    @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
+    def cache_read_input_tokens(self, user: Any) -> int:
+        return user._cache_read_input_tokens
 
 
 if admin.site.is_registered(User):

@@ -6,7 +6,24 @@ devices also share `user:<client-id>` for conversation-list updates.
 
 Conversation channel contract:
 
-- `prompt`   user device -> all. data = the prompt text; headers.promptId = a UUID the device made.
+- `prompt`   user device -> all. data = the prompt text; headers.promptId = a UUID the device made;
+             headers.attachments (optional) = a JSON array of the files sent with it, each
+             {id, name, kind, type, size, width?, height?, pages?} (ids and display metadata,
+             never the bytes: see `AttachmentRef`).
+             Issue 16, where it goes in the tree (both optional): headers.parentId = the
+             responseId (or, before that reply started, the promptId) of the message it
+             continues, as the sending device showed it; headers.editOf = the promptId of a
+             prompt this one edits (it becomes that prompt's sibling: same parent). Neither: it
+             continues the conversation's shown path.
+- `regenerate` user device -> agent (and all). A new version of a prompt's reply (Regenerate,
+             Retry): headers.promptId, headers.requestId = a UUID the device made. The agent
+             claims (promptId, requestId) once, however many agents hear it; the new version
+             becomes the shown path. While a reply of the same prompt is still streaming the
+             request waits for it to end (documented policy: queued, never cancelling it).
+- `path`     agent or server -> all. The shown path changed (a new prompt, branch or version,
+             or a device picked another version): headers.leafId = the id (responseId, else
+             promptId) of its newest message; data = a JSON array of the ids on the path,
+             root first (at most PATH_EVENT_MAX_IDS, the newest). Devices show exactly these.
 - `start`    agent -> all. headers responseId, promptId, model.
 - `response` agent -> all (message-per-response): created empty, then appended to; headers
              responseId, promptId, model, part (`text` or `thinking`) on the create and every append.
@@ -27,12 +44,13 @@ Conversation channel contract:
 
 Clients trust `start`/`response`/`token`/`snapshot`/`stop`/`refusal` only from the agent's
 clientId and
-`title` only from the agent's or the server's; the agent trusts `prompt`/`cancel` only from a
-verified clientId that may write to the conversation.
+`title` and `path` only from the agent's or the server's; the agent trusts `prompt`/`cancel`/
+`regenerate` only from a verified clientId that may write to the conversation.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,6 +74,8 @@ class Name(StrEnum):
     CANCEL = "cancel"
     TITLE = "title"
     REFUSAL = "refusal"
+    REGENERATE = "regenerate"
+    PATH = "path"
     # On the user channel.
     CONVERSATION = "conversation"
 
@@ -142,10 +162,96 @@ def _extras(headers: dict[str, Any]) -> dict[str, Any]:
     return {"headers": {k: v for k, v in headers.items() if v is not None}}
 
 
+# More than the composer ever sends (settings cap it lower); keeps a prompt far under 64 KiB.
+MAX_PROMPT_ATTACHMENTS = 100
+ATTACHMENT_KINDS = ("image", "pdf", "text")
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """One file sent with a prompt, as the prompt carries it: an id and what devices show.
+
+    The agent trusts only the id (and checks it against the database); the rest is display.
+    """
+
+    id: str
+    name: str
+    kind: str
+    media_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    pages: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "type": self.media_type,
+            "size": self.size,
+        }
+        for key in ("width", "height", "pages"):
+            if getattr(self, key) is not None:
+                item[key] = getattr(self, key)
+        return item
+
+    @classmethod
+    def from_dict(cls, item: Any) -> AttachmentRef:
+        if not isinstance(item, dict):
+            raise EventError("each attachment must be an object")
+        try:
+            attachment_id = str(uuid.UUID(str(item.get("id"))))
+        except ValueError:
+            raise EventError("attachment id is not a UUID") from None
+        kind = item.get("kind")
+        if kind not in ATTACHMENT_KINDS:
+            raise EventError("attachment kind is not image, pdf or text")
+
+        def number(key: str) -> int | None:
+            value = item.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return cls(
+            id=attachment_id,
+            name=str(item.get("name") or "file")[:255],
+            kind=kind,
+            media_type=str(item.get("type") or "")[:100],
+            size=number("size") or 0,
+            width=number("width"),
+            height=number("height"),
+            pages=number("pages"),
+        )
+
+
+def _attachments_header(headers: dict[str, Any]) -> tuple[AttachmentRef, ...]:
+    # A JSON string, not a nested array: Ably header values are meant to be primitives.
+    raw = headers.get("attachments")
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, str):
+        raise EventError("headers.attachments must be a JSON string")
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise EventError("headers.attachments is not JSON") from None
+    if not isinstance(items, list) or len(items) > MAX_PROMPT_ATTACHMENTS:
+        raise EventError(f"headers.attachments must be a list of at most {MAX_PROMPT_ATTACHMENTS}")
+    return tuple(AttachmentRef.from_dict(item) for item in items)
+
+
+def _optional_uuid_header(headers: dict[str, Any], key: str) -> str | None:
+    return _uuid_header(headers, key) if headers.get(key) else None
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt_id: str
     text: str
+    attachments: tuple[AttachmentRef, ...] = ()
+    # Issue 16: the message it continues, and the prompt it edits (see the module docstring).
+    parent_id: str | None = None
+    edit_of: str | None = None
 
     name = Name.PROMPT
 
@@ -153,13 +259,90 @@ class Prompt:
         return self.text
 
     def extras(self) -> dict[str, Any]:
-        return _extras({"promptId": self.prompt_id})
+        attachments = (
+            json.dumps([item.to_dict() for item in self.attachments], separators=(",", ":"))
+            if self.attachments
+            else None
+        )
+        return _extras(
+            {
+                "promptId": self.prompt_id,
+                "attachments": attachments,
+                "parentId": self.parent_id,
+                "editOf": self.edit_of,
+            }
+        )
 
     @classmethod
     def from_wire(cls, data: Any, extras: Any) -> Prompt:
         if not isinstance(data, str):
             raise EventError("prompt data must be text")
-        return cls(prompt_id=_uuid_header(_headers(extras), "promptId"), text=data)
+        headers = _headers(extras)
+        return cls(
+            prompt_id=_uuid_header(headers, "promptId"),
+            text=data,
+            attachments=_attachments_header(headers),
+            parent_id=_optional_uuid_header(headers, "parentId"),
+            edit_of=_optional_uuid_header(headers, "editOf"),
+        )
+
+
+@dataclass(frozen=True)
+class Regenerate:
+    """A new reply version for a prompt (Regenerate, Retry): claimed once per requestId."""
+
+    prompt_id: str
+    request_id: str
+
+    name = Name.REGENERATE
+
+    def data(self) -> str:
+        return ""
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({"promptId": self.prompt_id, "requestId": self.request_id})
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Regenerate:
+        headers = _headers(extras)
+        return cls(
+            prompt_id=_uuid_header(headers, "promptId"),
+            request_id=_uuid_header(headers, "requestId"),
+        )
+
+
+# A `path` event names at most this many ids (the newest): ~40 bytes each, well inside 64 KiB.
+# Above the oldest one named, the path is unchanged (a switch only changes what is below it).
+PATH_EVENT_MAX_IDS = 1000
+
+
+@dataclass(frozen=True)
+class Path:
+    """The shown path changed: its ids, root first, ending with `leaf_id`."""
+
+    ids: tuple[str, ...]
+
+    name = Name.PATH
+
+    @property
+    def leaf_id(self) -> str:
+        return self.ids[-1] if self.ids else ""
+
+    def data(self) -> str:
+        return json.dumps(list(self.ids[-PATH_EVENT_MAX_IDS:]), separators=(",", ":"))
+
+    def extras(self) -> dict[str, Any]:
+        return _extras({"leafId": self.leaf_id})
+
+    @classmethod
+    def from_wire(cls, data: Any, extras: Any) -> Path:
+        try:
+            ids = json.loads(data) if isinstance(data, str) else None
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise EventError("path data must be a JSON array of ids")
+        return cls(ids=tuple(ids))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ class Conversation(models.Model):
         blank=True, help_text="Overrides the site's system prompt for this conversation."
     )
     archived = models.BooleanField(default=False)
+    # Issue 16: the shown path, shared by every device: the newest message on it (walk `parent`
+    # up from here). Null for an empty conversation.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # Last activity: bumped by every prompt and reply, so the list sorts by it.
     updated_at = models.DateTimeField(auto_now=True)
@@ -83,11 +88,29 @@ class Message(models.Model):
     prompt_id = models.UUIDField()
     # A reply's id (made by the agent); null on prompts.
     response_id = models.UUIDField(null=True, blank=True, unique=True)
+    # Issue 16, the tree: the message this one follows. A reply's parent is its prompt; a
+    # prompt's is the reply it continues (a prompt sent before that reply started is re-parented
+    # onto it when it is claimed), or null at the root. Sibling prompts are edits; sibling
+    # replies are versions (regenerate, retry).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    # On a reply: the version request it answers. The first reply's is its prompt's id; each
+    # Regenerate or Retry is a new id a device made. Null on prompts.
+    request_id = models.UUIDField(null=True, blank=True)
     model = models.CharField(max_length=100, blank=True)
     stop_reason = models.CharField(max_length=50, blank=True)
     error = models.TextField(blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # True when output_tokens is the agent's estimate from the text streamed (a reply stopped,
+    # failed or interrupted before the API reported its count), not the API's own figure.
+    usage_estimated = models.BooleanField(default=False)
+    # Prompt caching, as the API reports it: input tokens written to the cache (billed at 1.25x
+    # the input price) and read from it (0.1x). `input_tokens` is the rest, uncached, so the
+    # prompt was input + cache creation + cache read tokens.
+    cache_creation_input_tokens = models.PositiveIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveIntegerField(default=0)
     # Which agent process claimed the prompt (multi-agent exactly-once) and when.
     agent_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -101,9 +124,12 @@ class Message(models.Model):
             models.UniqueConstraint(
                 fields=["prompt_id"], condition=Q(role="user"), name="unique_prompt"
             ),
-            # One reply per prompt: inserting it is how an agent process claims the prompt.
+            # One reply per version request of a prompt: inserting it is how an agent process
+            # claims the request (exactly once, however many agents hear it).
             models.UniqueConstraint(
-                fields=["prompt_id"], condition=Q(role="assistant"), name="unique_reply_per_prompt"
+                fields=["prompt_id", "request_id"],
+                condition=Q(role="assistant"),
+                name="unique_reply_per_request",
             ),
         ]
         indexes = [
@@ -139,3 +165,51 @@ class AgentLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} ({self.host} pid {self.pid})"
+
+
+# --- Attachments (issue 17) -------------------------------------------------------------------
+
+
+def attachment_upload_to(attachment: Attachment, filename: str) -> str:
+    # Never the uploader's name: it could carry a path or an extension a server would act on.
+    return f"attachments/{attachment.conversation_id}/{attachment.id}"
+
+
+class Attachment(models.Model):
+    """One uploaded file: verified by decoding, stored through Django's storage API.
+
+    Uploaded before its prompt is sent; the agent links it to the prompt (`messages`) once it
+    has checked the prompt may use it. A retried or regenerated prompt links it again.
+    """
+
+    class Kind(models.TextChoices):
+        IMAGE = "image"
+        PDF = "pdf"
+        TEXT = "text"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="attachments"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments"
+    )
+    # The prompts it was sent with; none while it waits in a composer.
+    messages = models.ManyToManyField(Message, blank=True, related_name="attachments")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # The verified type (from the bytes), never the one the browser declared.
+    media_type = models.CharField(max_length=100)
+    name = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    pages = models.PositiveIntegerField(null=True, blank=True)
+    file = models.FileField(upload_to=attachment_upload_to, max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.name

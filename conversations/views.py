@@ -11,20 +11,25 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import ably_compat, actions, events, realtime
+from . import ably_compat, actions, events, realtime, tree
 from .forms import RenameForm, SearchForm, SignupForm
 from .models import Conversation, Message
 
 CONVERSATIONS_PER_PAGE = 50
+# The sidebar shows the newest of each kind; the list page (linked from it) has them all.
+SIDEBAR_ACTIVE_LIMIT = 100
+SIDEBAR_ARCHIVED_LIMIT = 30
 # `GET /ably/token?scope=user`: only the user's list channel, for the conversation list page.
 USER_SCOPE = "user"
+# Stands in for a conversation's id in URLs rendered before the conversation exists.
+PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 
 
 def _get_conversation_for_user(
@@ -58,6 +63,37 @@ def _get_conversation_for_user(
     return conversation
 
 
+def _listed(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
+    """Leave out conversations nobody used: untitled and without a single message.
+
+    New conversations are only created by their first prompt, but older versions made one per
+    click on "New conversation"; those stay out of every list rather than clutter it.
+    """
+    has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
+    return conversations.alias(has_messages=has_messages).exclude(title="", has_messages=False)
+
+
+def _sidebar_context(request: HttpRequest, current: Conversation | None) -> dict[str, Any]:
+    mine = _listed(Conversation.objects.for_user(request.user)).order_by(
+        "-updated_at", "-created_at"
+    )
+    return {
+        "sidebar_active": list(mine.filter(archived=False)[:SIDEBAR_ACTIVE_LIMIT]),
+        "sidebar_archived": list(mine.filter(archived=True)[:SIDEBAR_ARCHIVED_LIMIT]),
+        "current_conversation_id": str(current.pk) if current else "",
+    }
+
+
+def _token_config(**params: str) -> dict[str, Any]:
+    """The token endpoint for ably-js: `tokenUrl` whole, and split for `auth.authorize()`."""
+    path = reverse("conversations:ably_token")
+    return {
+        "tokenUrl": f"{path}?{urlencode(params)}" if params else path,
+        "tokenPath": path,
+        "tokenParams": params,
+    }
+
+
 def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
     """What the browser client needs, rendered into the page with json_script."""
     client_id = realtime.client_id_for_user(request.user)
@@ -70,13 +106,21 @@ def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
         "contract": events.client_contract(),
         "streamingPattern": settings.STREAMING_PATTERN,
         "maxPromptChars": settings.MAX_PROMPT_CHARS,
+        "placeholderId": PLACEHOLDER_ID,
         "urls": {
             "list": reverse("conversations:list"),
             "create": reverse("conversations:create"),
+            "new": reverse("conversations:new"),
             "login": reverse("login"),
         },
         **page,
     }
+
+
+def _attachment_config(conversation: Conversation | None, *, can_upload: bool) -> dict[str, Any]:
+    from .attachment_views import client_config  # attachment_views imports this module
+
+    return client_config(conversation, can_upload=can_upload)
 
 
 def login_view(request: HttpRequest) -> HttpResponse:
@@ -102,7 +146,9 @@ def signup(request: HttpRequest) -> HttpResponse:
 def conversation_list(request: HttpRequest) -> HttpResponse:
     show_archived = request.GET.get("archived") == "1"
     search_form = SearchForm(request.GET or None)
-    conversations = Conversation.objects.for_user(request.user).filter(archived=show_archived)
+    conversations = _listed(Conversation.objects.for_user(request.user)).filter(
+        archived=show_archived
+    )
     query = ""
     status = 200
     if search_form.is_bound:
@@ -128,7 +174,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
         "client_config": _client_config(
             request,
             page="list",
-            tokenUrl=f"{reverse('conversations:ably_token')}?scope={USER_SCOPE}",
+            **_token_config(scope=USER_SCOPE),
             showArchived=show_archived,
             query=query,
             # List changes published after this instant are caught up from channel history.
@@ -139,10 +185,94 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@require_GET
+def conversation_new(request: HttpRequest) -> HttpResponse:
+    """An empty composer at a URL of its own: nothing is stored until the first prompt is sent."""
+    context = {
+        **_sidebar_context(request, None),
+        "conversation": None,
+        "turns": [],
+        "read_only": False,
+        "viewer_client_id": realtime.client_id_for_user(request.user),
+        "rename_form": RenameForm(),
+        "max_prompt_chars": settings.MAX_PROMPT_CHARS,
+        "placeholder_id": PLACEHOLDER_ID,
+        "client_config": _client_config(
+            request,
+            page="conversation",
+            draft=True,
+            **_token_config(scope=USER_SCOPE),
+            conversationId=None,
+            channel=None,
+            title="",
+            displayTitle="New conversation",
+            archived=False,
+            readOnly=False,
+            # No upload URL yet: the first file creates the conversation (see conversation_create).
+            attachments=_attachment_config(None, can_upload=True),
+            storedResponseIds=[],
+            storedPromptIds=[],
+            conversationUrls=_conversation_urls(PLACEHOLDER_ID),
+            renderedAt=int(time.time() * 1000),
+        ),
+    }
+    return render(request, "conversations/detail.html", context)
+
+
+@login_required
 @require_POST
 def conversation_create(request: HttpRequest) -> HttpResponse:
-    conversation = actions.create_conversation(request.user)
-    return redirect(conversation)
+    """Create a conversation for its first prompt, which the browser then sends on its channel.
+
+    Without a prompt nothing is created (a conversation with no prompt is an empty one left in
+    the list): the user gets the empty composer instead. The one exception is a draft's first
+    file (`for=attachments`, JSON only), which needs a conversation to upload into: that one is
+    created unannounced, so no list shows it while it is empty (`_listed` leaves it out too).
+    """
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    prompt = request.POST.get("prompt", "")
+    for_attachments = wants_json and request.POST.get("for") == "attachments"
+    problem = ""
+    if not prompt.strip() and not for_attachments:
+        problem = "Type a message first."
+    elif len(prompt) > settings.MAX_PROMPT_CHARS:
+        problem = (
+            f"Your message is {len(prompt):,} characters; "
+            f"the limit is {settings.MAX_PROMPT_CHARS:,}."
+        )
+    if problem:
+        if wants_json:
+            return JsonResponse({"error": problem}, status=400)
+        return redirect("conversations:new")
+    conversation = actions.create_conversation(request.user, announce=not for_attachments)
+    if not wants_json:
+        return redirect(conversation)
+    return JsonResponse(
+        {
+            "conversationId": str(conversation.pk),
+            "channel": conversation.channel_name,
+            "url": conversation.get_absolute_url(),
+            "title": conversation.title,
+            "displayTitle": conversation.display_title,
+            **_token_config(conversation=str(conversation.pk)),
+            "conversationUrls": _conversation_urls(conversation.pk),
+            "attachments": _attachment_config(conversation, can_upload=True),
+            # False: its devices' lists learn of it from its first prompt or answer instead.
+            "announced": not for_attachments,
+        },
+        status=201,
+    )
+
+
+def _conversation_urls(conversation_id: Any) -> dict[str, str]:
+    return {
+        "detail": reverse("conversations:detail", args=[conversation_id]),
+        "rename": reverse("conversations:rename", args=[conversation_id]),
+        "archive": reverse("conversations:archive", args=[conversation_id]),
+        "unarchive": reverse("conversations:unarchive", args=[conversation_id]),
+        "delete": reverse("conversations:delete", args=[conversation_id]),
+        "path": reverse("conversations:path", args=[conversation_id]),
+    }
 
 
 @login_required
@@ -150,37 +280,52 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id, write=False)
     read_only = not conversation.user_can_write
-    turns = list(conversation.messages.all())
-    token_url = reverse("conversations:ably_token") + f"?conversation={conversation.pk}"
+    # Issue 16: every version, in tree order; the page shows the shared path and hides the rest.
+    turns = tree.for_page(
+        conversation.messages.prefetch_related("attachments"), conversation.current_leaf_id
+    )
     context = {
+        # Staff watching someone else's conversation get no sidebar: it would list their own.
+        **(_sidebar_context(request, conversation) if not read_only else {}),
         "conversation": conversation,
         "turns": turns,
         "read_only": read_only,
         "viewer_client_id": realtime.client_id_for_user(request.user),
         "rename_form": RenameForm(initial={"title": conversation.title}),
         "max_prompt_chars": settings.MAX_PROMPT_CHARS,
+        "placeholder_id": PLACEHOLDER_ID,
         "client_config": _client_config(
             request,
             page="conversation",
-            tokenUrl=token_url,
+            draft=False,
+            **_token_config(conversation=str(conversation.pk)),
             conversationId=str(conversation.pk),
             channel=conversation.channel_name,
             title=conversation.title,
             displayTitle=conversation.display_title,
             archived=conversation.archived,
             readOnly=read_only,
+            attachments=_attachment_config(conversation, can_upload=not read_only),
             storedResponseIds=[str(t.response_id) for t in turns if t.response_id],
             storedPromptIds=sorted({str(t.prompt_id) for t in turns if t.role == "user"}),
-            conversationUrls={
-                "detail": conversation.get_absolute_url(),
-                "rename": reverse("conversations:rename", args=[conversation.pk]),
-                "archive": reverse("conversations:archive", args=[conversation.pk]),
-                "unarchive": reverse("conversations:unarchive", args=[conversation.pk]),
-                "delete": reverse("conversations:delete", args=[conversation.pk]),
-            },
+            conversationUrls=_conversation_urls(conversation.pk),
+            # Sidebar changes published after this instant are caught up from history.
+            renderedAt=int(time.time() * 1000),
         ),
     }
     return render(request, "conversations/detail.html", context)
+
+
+@login_required
+@require_POST
+def conversation_path(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """Show another version (`< n/m >`): POST messageId = the version's responseId/promptId.
+    Every device of the conversation follows through the channel's `path` event."""
+    conversation = _get_conversation_for_user(request.user, conversation_id)
+    event = actions.select_version(conversation, request.POST.get("messageId", ""))
+    if event is None:
+        return JsonResponse({"error": "No such message in this conversation."}, status=400)
+    return JsonResponse({"ids": list(event.ids)})
 
 
 @login_required

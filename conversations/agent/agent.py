@@ -49,12 +49,13 @@ from ably.types.message import Message as AblyMessage
 from conversations import actions, events, realtime
 from conversations.models import Message
 
-from . import model as claude, store
+from . import attachments, model as claude, store
 from .config import AgentConfig
 from .identity import Lease
 from .pool import ConnectionPool, PooledConnection
 from .store import db, db_retrying
 from .streaming import ReplyStream, publish_until, reply_stream, with_retries
+from .titles import Titles
 
 logger = logging.getLogger(__name__)
 reply_log = logging.getLogger("conversations.agent.replies")
@@ -67,10 +68,6 @@ DISCOVERY_LOOKBACK_SECONDS = 10.0
 HISTORY_PAGE_LIMIT = 100
 ORDERING_POLL_SECONDS = 0.1
 FALLBACK_DISCOVERY_INTERVAL = 2.0
-TITLE_SYSTEM_PROMPT = (
-    "You name conversations. Reply with a short title of at most six words for the "
-    "conversation below: no quotes, no trailing punctuation, nothing else."
-)
 
 OVERSIZE_MESSAGE = (
     "This message is too long ({length:,} characters; the limit is {limit:,}). "
@@ -101,6 +98,27 @@ RATE_LIMIT_MESSAGE = (
 )
 
 
+# At shutdown, how long leaving the channels and closing the connections may take, and how long
+# a reply whose last publish gave up at the hard deadline gets to store its outcome.
+LEAVE_SECONDS = 1.0
+OUTCOME_WRITE_SECONDS = 0.5
+
+
+async def _until(awaitable: Awaitable[Any], deadline: float) -> bool:
+    """Await `awaitable` until the monotonic `deadline`; False if it had to be cancelled."""
+    if deadline == float("inf"):
+        await awaitable
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await awaitable
+    except TimeoutError:
+        return False
+    except Exception as error:  # noqa: BLE001 - shutting down: report and carry on
+        logger.warning("shutdown step failed: %r", error)
+    return True
+
+
 class ConversationSession:
     """One attached conversation channel: its inbox, its prompt queue and its presence."""
 
@@ -118,7 +136,8 @@ class ConversationSession:
         self.connection = connection
         self.channel = connection.client.channels.get(self.channel_name)
         self.inbox: asyncio.Queue[AblyMessage] = asyncio.Queue()
-        self.prompts: asyncio.Queue[Message] = asyncio.Queue()
+        # Prompts to answer, with the version request (issue 16: None for a first reply).
+        self.prompts: asyncio.Queue[tuple[Message, str | None]] = asyncio.Queue()
         # Prompts stored (or refused) here: handled, whatever history replays.
         self.seen_prompt_ids: set[str] = set()
         # Ably ids of messages handled for good without storing (refused or ignored), so the
@@ -126,6 +145,8 @@ class ConversationSession:
         self.settled_message_ids: set[str] = set()
         # Prompts in this session's queue or being answered.
         self.queued_prompt_ids: set[str] = set()
+        # Version requests (Regenerate, Retry) handled here or queued: requestId.
+        self.seen_request_ids: set[str] = set()
         self.intake_failures: dict[str, int] = {}
         self.handling = False
         # The conversation no longer exists: every prompt is refused.
@@ -133,6 +154,8 @@ class ConversationSession:
         self.active: ReplyRun | None = None
         # Cancels that matched no reply yet: id -> monotonic expiry.
         self.early_cancels: dict[str, float] = {}
+        # Prompts whose attachments were refused at intake: promptId -> the reason (issue 17).
+        self.attachment_refusals: dict[str, str] = {}
         self.last_activity = time.monotonic()
         self.presence_status: events.AgentStatus | None = None
         self._presence_lock = asyncio.Lock()
@@ -166,7 +189,9 @@ class ConversationSession:
     async def _history_since(
         self,
         since_ms: int,
-        wanted: frozenset[str] = frozenset({events.Name.PROMPT, events.Name.CANCEL}),
+        wanted: frozenset[str] = frozenset(
+            {events.Name.PROMPT, events.Name.CANCEL, events.Name.REGENERATE}
+        ),
     ) -> list[AblyMessage]:
         collected: list[AblyMessage] = []
         try:
@@ -208,7 +233,7 @@ class ConversationSession:
 
     async def _handle(self, message: AblyMessage) -> None:
         name = message.name
-        if name not in (events.Name.PROMPT, events.Name.CANCEL):
+        if name not in (events.Name.PROMPT, events.Name.CANCEL, events.Name.REGENERATE):
             if (
                 name in events.AGENT_NAMES
                 and message.client_id != self.agent.config.agent_client_id
@@ -248,6 +273,8 @@ class ConversationSession:
             return
         if name == events.Name.PROMPT:
             await self._accept_prompt(message, client_id)
+        elif name == events.Name.REGENERATE:
+            await self._accept_regenerate(message, client_id)
         else:
             self._accept_cancel(message, client_id)
 
@@ -304,12 +331,14 @@ class ConversationSession:
             if await db_retrying(store.answered_prompt_ids, [prompt.prompt_id]):
                 self.seen_prompt_ids.add(prompt.prompt_id)
                 return
-            stored, _ = await db_retrying(
+            stored, created = await db_retrying(
                 actions.record_prompt,
                 self.conversation_id,
                 prompt_id=prompt.prompt_id,
                 text=prompt.text,
                 client_id=client_id,
+                parent_id=prompt.parent_id,
+                edit_of=prompt.edit_of,
             )
         except ValueError as error:
             # A promptId another conversation already uses: not this prompt, never storable.
@@ -340,14 +369,54 @@ class ConversationSession:
             return
         self.intake_failures.pop(prompt.prompt_id, None)
         self.seen_prompt_ids.add(prompt.prompt_id)
+        # Attachments (issue 17): link the files the prompt names, or note why it may not.
+        refusal = await db_retrying(
+            attachments.link_to_prompt, stored, [item.id for item in prompt.attachments]
+        )
+        if refusal:
+            self.attachment_refusals[prompt.prompt_id] = refusal
         self.last_activity = time.monotonic()
+        if created:
+            # Issue 16: the new prompt (a branch, when it is an edit) is the shown path now.
+            self.agent.spawn(self.publish_path())
         self.queue(stored)
 
-    def queue(self, prompt: Message) -> None:
-        if str(prompt.prompt_id) in self.queued_prompt_ids:
+    async def _accept_regenerate(self, message: AblyMessage, client_id: str) -> None:
+        """Issue 16: a new version of a stored prompt's reply (Regenerate, Retry)."""
+        try:
+            request = events.Regenerate.from_wire(message.data, message.extras)
+        except events.EventError as error:
+            logger.warning("ignoring a malformed regenerate on %s: %s", self.channel_name, error)
+            self._settle(message)
             return
-        self.queued_prompt_ids.add(str(prompt.prompt_id))
-        self.prompts.put_nowait(prompt)
+        if request.request_id in self.seen_request_ids:
+            return
+        prompt = await db_retrying(store.stored_prompt, self.conversation_id, request.prompt_id)
+        if prompt is None or await db_retrying(
+            store.request_answered, request.prompt_id, request.request_id
+        ):
+            self.seen_request_ids.add(request.request_id)
+            self._settle(message)
+            return
+        self.seen_request_ids.add(request.request_id)
+        self.last_activity = time.monotonic()
+        self.queue(prompt, request_id=request.request_id)
+
+    async def publish_path(self) -> None:
+        """Tell every device which path is shown now (after a new prompt or reply version)."""
+        try:
+            event = await db_retrying(actions.path_event, self.conversation_id)
+            deadline = min(time.monotonic() + REFUSAL_PUBLISH_SECONDS, self.agent.hard_deadline)
+            await self.publish_until(event, deadline)
+        except Exception as error:  # noqa: BLE001 - a reload still shows the right path
+            logger.error("publishing the path on %s failed: %r", self.channel_name, error)
+
+    def queue(self, prompt: Message, *, request_id: str | None = None) -> None:
+        key = request_id or str(prompt.prompt_id)
+        if key in self.queued_prompt_ids:
+            return
+        self.queued_prompt_ids.add(key)
+        self.prompts.put_nowait((prompt, request_id))
 
     async def sweep(self, now_ms: int) -> int:
         """Take in the prompts in recent history that have no reply and are not on their way.
@@ -418,12 +487,12 @@ class ConversationSession:
 
     async def _worker_loop(self) -> None:
         while True:
-            prompt = await self.prompts.get()
+            prompt, request_id = await self.prompts.get()
             if self.agent.stopping:
                 continue  # Unclaimed: the next agent to start answers it from history.
             try:
                 async with self.agent.run_slots:
-                    run = ReplyRun(self, prompt)
+                    run = ReplyRun(self, prompt, request_id=request_id)
                     self.agent.runs.add(run)
                     try:
                         await run.execute()
@@ -432,7 +501,7 @@ class ConversationSession:
             except Exception:
                 logger.exception("answering prompt %s failed", prompt.prompt_id)
             finally:
-                self.queued_prompt_ids.discard(str(prompt.prompt_id))
+                self.queued_prompt_ids.discard(request_id or str(prompt.prompt_id))
                 self.active = None
                 self.last_activity = time.monotonic()
                 if self.prompts.empty():
@@ -532,8 +601,12 @@ class ConversationSession:
 class ReplyRun:
     """One answer to one prompt, from claim to the final database write."""
 
-    def __init__(self, session: ConversationSession, prompt: Message) -> None:
+    def __init__(
+        self, session: ConversationSession, prompt: Message, *, request_id: str | None = None
+    ) -> None:
         self.session = session
+        # Issue 16: a Regenerate/Retry request makes a new version; None, the first reply.
+        self.request_id = request_id
         self.agent = session.agent
         self.config = session.agent.config
         self.prompt = prompt
@@ -547,6 +620,8 @@ class ReplyRun:
         self.first_token_at: datetime.datetime | None = None
         self.first_token_latency: float | None = None
         self.usage = (0, 0)
+        self.usage_estimated = False
+        self.cache_usage = (0, 0)
         self.stop_reason: str | None = None
         self.model_stream: claude.ModelStream | None = None
         self.ended = False
@@ -574,6 +649,7 @@ class ReplyRun:
             response_id=self.response_id,
             model=self.config.model,
             agent_id=self.config.agent_id,
+            request_id=self.request_id,
         )
         if self.reply is None:
             logger.info("prompt %s is answered by another agent", self.prompt_id)
@@ -595,22 +671,31 @@ class ReplyRun:
     async def _answer(self) -> None:
         await self.session.set_status(events.AgentStatus.THINKING)
         await self.session.publish_until(events.Start(self.headers), self.publish_deadline())
+        # Issue 16: the reply (a new version, or the answer the shown path waited for) is shown.
+        await self.session.publish_path()
 
-        rejection = await self._check_limits()
+        rejection = self.session.attachment_refusals.pop(self.prompt_id, None)
+        rejection = rejection or await self._check_limits()
         if rejection is not None:
             await self._end(events.Status.ERROR, stop_reason="rejected", error=rejection)
             return
-        if self._abort.done():
-            status = self._abort.result()
-            await self._end(status, stop_reason=str(status))
-            return
-
         context = await db_retrying(
             store.model_context,
             self.prompt,
             default_system=self.config.system_prompt,
             token_budget=self.config.context_token_budget,
         )
+        # A new conversation's title is written from the prompt alongside the reply (and also
+        # when the reply is stopped or fails).
+        titling = self.config.generate_titles and context.first_exchange and context.needs_title
+        if titling:
+            self.agent.titles.start(self.session.conversation_id, self.prompt)
+        if self._abort.done():
+            status = self._abort.result()
+            await self._end(status, stop_reason=str(status))
+            if titling:
+                self.agent.titles.after_first_reply(self.session.conversation_id, self.prompt, "")
+            return
         self.stream = reply_stream(
             self.config.message_per_token,
             self.session.channel,
@@ -621,13 +706,10 @@ class ReplyRun:
         )
         status, stop_reason, error = await self._generate(context)
         await self._end(status, stop_reason=stop_reason, error=error)
-        if (
-            self.config.generate_titles
-            and status == events.Status.COMPLETE
-            and context.first_exchange
-            and context.needs_title
-        ):
-            self.agent.spawn(self.agent.generate_title(self.session, self.prompt, self._text()))
+        if titling:
+            self.agent.titles.after_first_reply(
+                self.session.conversation_id, self.prompt, self._text()
+            )
 
     async def _wait_for_earlier_replies(self) -> bool:
         """Answer in order across agent processes: let an earlier reply (elsewhere) finish first.
@@ -636,7 +718,11 @@ class ReplyRun:
         under its id) is settled as interrupted instead of waited for.
         """
         deadline = time.monotonic() + self.config.ordering_wait
-        while earlier := await db_retrying(store.earlier_replies_in_progress, self.prompt):
+        while earlier := await db_retrying(
+            store.earlier_replies_in_progress,
+            self.prompt,
+            including_own=self.request_id is not None,
+        ):
             if not await self.session.settle_orphans(earlier):
                 continue
             if time.monotonic() > deadline:
@@ -665,11 +751,13 @@ class ReplyRun:
         return None
 
     def _request(self, context: store.ModelContext) -> dict[str, Any]:
+        # Prompt caching: a follow-up turn reads the conversation so far from the cache (0.1x).
+        system, messages = claude.with_cache_breakpoints(context.system, context.messages)
         request: dict[str, Any] = {
             "model": self.config.model,
             "max_tokens": self.config.max_tokens,
-            "system": context.system,
-            "messages": context.messages,
+            "system": system,
+            "messages": messages,
         }
         if self.config.thinking_budget:
             request["thinking"] = {"type": "enabled", "budget_tokens": self.config.thinking_budget}
@@ -733,7 +821,9 @@ class ReplyRun:
         if self.model_stream is None:
             return
         self.stop_reason = self.model_stream.stop_reason if self.model_stream.finished else None
-        self.usage = (self.model_stream.input_tokens, self.model_stream.output_tokens)
+        input_tokens, output_tokens, self.usage_estimated = self.model_stream.usage()
+        self.usage = (input_tokens, output_tokens)
+        self.cache_usage = self.model_stream.cache_usage()
 
     def _text(self, part: events.Part = events.Part.TEXT) -> str:
         return self.stream.full_text[part] if self.stream else ""
@@ -745,7 +835,10 @@ class ReplyRun:
         assert self.reply is not None
         self.ended = True
         if self.stream is not None:
-            await self.stream.finish()
+            if not await _until(self.stream.finish(), self.agent.hard_deadline):
+                # Shutting down while Ably is unreachable (`make run` stops it too): sends still
+                # waiting for an ack are dropped; the outcome is stored all the same.
+                await self.stream.abort()
             if self.stream.failed_parts and status == events.Status.COMPLETE:
                 # Devices may hold a reply with a gap: never let them show it as complete.
                 logger.error(
@@ -766,6 +859,9 @@ class ReplyRun:
                 error=error,
                 input_tokens=self.usage[0],
                 output_tokens=self.usage[1],
+                usage_estimated=self.usage_estimated,
+                cache_creation_input_tokens=self.cache_usage[0],
+                cache_read_input_tokens=self.cache_usage[1],
                 first_token_at=self.first_token_at,
                 publish=self.agent.publish_from_thread,
             )
@@ -791,14 +887,19 @@ class ReplyRun:
         latency = f"{self.first_token_latency * 1000:.0f}" if self.first_token_latency else "-"
         reply_log.info(
             "reply conversation=%s response=%s status=%s stop_reason=%s ttft_ms=%s "
-            "input_tokens=%d output_tokens=%d chars=%d messages=%d duration_ms=%.0f pattern=%s",
+            "input_tokens=%d cache_write_tokens=%d cache_read_tokens=%d output_tokens=%d "
+            "usage=%s chars=%d messages=%d duration_ms=%.0f "
+            "pattern=%s",
             self.session.conversation_id,
             self.response_id,
             status,
             stop_reason or "-",
             latency,
             self.usage[0],
+            self.cache_usage[0],
+            self.cache_usage[1],
             self.usage[1],
+            "estimated" if self.usage_estimated else "api",
             len(self._text()),
             self.stream.messages_sent if self.stream else 0,
             (time.monotonic() - self.started) * 1000,
@@ -827,6 +928,7 @@ class Agent:
         self.hard_deadline = float("inf")
         self._opening: dict[str, asyncio.Task[ConversationSession | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.titles = Titles(self)
         self._janitor: asyncio.Task[None] | None = None
         self._discovery: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -1063,7 +1165,13 @@ class Agent:
             logger.error("publishing interrupted stop on %s failed: %r", channel_name, error)
         text, thinking = await self._text_on_channel(reply)
         if text or thinking:
-            await db(actions.record_interrupted_text, reply, text=text, thinking=thinking)
+            await db(
+                actions.record_interrupted_text,
+                reply,
+                text=text,
+                thinking=thinking,
+                output_tokens=claude.estimate_output_tokens(text, thinking),
+            )
         logger.info("reply %s (agent %s) was interrupted", reply.response_id, reply.agent_id)
 
     @staticmethod
@@ -1115,8 +1223,10 @@ class Agent:
         """Stop taking prompts, let in-flight replies finish within the grace period, leave."""
         grace = self.config.grace_period if grace_period is None else grace_period
         self.stopping = True
-        # Replies aborted at the end of the grace period still get a moment to say so.
-        self.hard_deadline = time.monotonic() + grace + min(5.0, self.config.publish_deadline)
+        # Replies aborted at the end of the grace period still get a moment to say so: up to
+        # 5 s, and no longer than the grace itself (a short grace is a quick stop, `make run`).
+        slack = min(5.0, self.config.publish_deadline, max(1.0, grace))
+        self.hard_deadline = time.monotonic() + grace + slack
         for task in (self._janitor, self._discovery, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -1131,15 +1241,23 @@ class Agent:
             for run in list(self.runs):
                 run.abort(events.Status.INTERRUPTED)
             # Bounded: a reply waiting out an Ably outage is cancelled with its session below,
-            # and the next start settles it as interrupted.
-            while self.runs and time.monotonic() < self.hard_deadline:
+            # and the next start settles it as interrupted. Its publish gives up at the hard
+            # deadline; a moment more lets it write its outcome all the same.
+            while self.runs and time.monotonic() < self.hard_deadline + OUTCOME_WRITE_SECONDS:
                 await asyncio.sleep(0.05)
-        await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+        # Leaving (presence, detach, closing the connections) waits on Ably, which may be
+        # stopping too (`make run`): bounded, so the process always exits.
+        leave_deadline = max(time.monotonic(), self.hard_deadline) + LEAVE_SECONDS
+        await _until(
+            asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True),
+            leave_deadline,
+        )
         self.sessions.clear()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.pool.close()
+        if not await _until(self.pool.close(), leave_deadline):
+            logger.warning("the Ably connections did not close in time; leaving anyway")
         with contextlib.suppress(Exception):
             await self.anthropic.close()
         if self._heartbeat is not None:
@@ -1318,31 +1436,6 @@ class Agent:
                     continue
                 await self.close_session(session)
 
-    # --- titles ------------------------------------------------------------------------------
-
-    async def generate_title(
-        self, session: ConversationSession, prompt: Message, reply_text: str
-    ) -> None:
-        request = {
-            "model": self.config.model,
-            "max_tokens": 32,
-            "system": TITLE_SYSTEM_PROMPT,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": f"User: {prompt.text[:2000]}\n\nAssistant: {reply_text[:2000]}",
-                }
-            ],
-        }
-        try:
-            text = await claude.complete_text(self.anthropic, request)
-        except Exception as error:  # noqa: BLE001 - a missing title is cosmetic
-            logger.warning("title for %s failed: %r", session.conversation_id, error)
-            return
-        title = clean_title(text, self.config.title_max_chars)
-        if title and await db(actions.apply_generated_title, session.conversation_id, title):
-            logger.info("titled %s %r", session.conversation_id, title)
-
     # --- testing and operations --------------------------------------------------------------
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
@@ -1350,13 +1443,3 @@ class Agent:
         async with asyncio.timeout(timeout):
             while any(s.busy for s in self.sessions.values()) or self._opening:
                 await asyncio.sleep(0.02)
-
-
-def clean_title(text: str, max_chars: int) -> str:
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = line.strip("\"'“”‘’`*# ").rstrip(".!?:;,")
-    if line.lower().startswith("title:"):
-        line = line[len("title:") :].strip()
-    if len(line) > max_chars:
-        line = line[: max_chars - 1].rstrip() + "…"
-    return line

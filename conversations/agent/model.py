@@ -170,17 +170,104 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
     )
 
 
+# Claude's tokenizer averages about four characters of English prose per token; used only when a
+# stream ended before the API said how many tokens it generated.
+CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+def estimate_output_tokens(*texts: str) -> int:
+    """An estimate of the tokens it took to generate `texts` (stored marked as an estimate)."""
+    return _tokens_for_chars(sum(len(text) for text in texts))
+
+
+def _tokens_for_chars(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN_ESTIMATE)
+
+
+CACHE_BREAKPOINT = {"type": "ephemeral"}
+
+
+def with_cache_breakpoints(
+    system: str, messages: list[dict[str, Any]]
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system prompt and messages with prompt-caching breakpoints (`cache_control`).
+
+    Each turn re-sends the whole conversation, so without caching a long conversation pays for
+    all of it at the full input price every time. With a breakpoint the API caches the prefix
+    up to it (written at 1.25x the input price, read at 0.1x for 5 minutes from last use), and a
+    later request starting with the same prefix reads it, looking back up to 20 blocks from each
+    breakpoint. Three breakpoints (the API allows four):
+
+    - the system prompt: the same for every turn of a conversation;
+    - the last block of the previous turns (the reply before this prompt): the stable prefix,
+      which the previous turn's prompt breakpoint cached up to its own prompt; it keeps that
+      within reach when this prompt has more than 20 blocks (attachments);
+    - the last block of this prompt: so the next turn reads everything up to here.
+
+    A prefix shorter than the model's minimum cacheable length (1,024 tokens for most models) is
+    simply not cached (no error, no extra cost). The caller's messages are not modified.
+    """
+    cached_system: str | list[dict[str, Any]] = system
+    if system:
+        cached_system = [{"type": "text", "text": system, "cache_control": CACHE_BREAKPOINT}]
+    marked = list(messages)
+    for index in {len(marked) - 2, len(marked) - 1}:
+        if index >= 0:
+            marked[index] = _with_breakpoint_on_last_block(marked[index])
+    return cached_system, marked
+
+
+def _with_breakpoint_on_last_block(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, str):
+        if not content:
+            return message  # an empty text block is refused; nothing to cache here anyway
+        blocks = [{"type": "text", "text": content, "cache_control": CACHE_BREAKPOINT}]
+    elif isinstance(content, list) and content and isinstance(content[-1], dict):
+        blocks = [*content[:-1], {**content[-1], "cache_control": CACHE_BREAKPOINT}]
+    else:
+        return message
+    return {**message, "content": blocks}
+
+
 class ModelStream:
     """One reply's server-sent events, read as `(kind, text)` deltas: kind is "text" or
     "thinking". `stop_reason` and the token counts are filled in as their events pass; a
-    stream that ends without `message_stop` leaves `stop_reason` None."""
+    stream that ends without `message_stop` leaves `stop_reason` None.
+
+    `message_start` reports the output tokens so far (1), `message_delta` the reply's real count.
+    A stream cut short before `message_delta` (Stop, an error, shutdown) has only the first, so
+    `usage()` then estimates the output from the characters streamed and says so.
+    """
 
     def __init__(self, response: Any) -> None:
         self._response = response
         self.stop_reason: str | None = None
         self.input_tokens = 0
         self.output_tokens = 0
+        self.output_tokens_reported = False
+        self.cache_creation_input_tokens = 0
+        self.cache_read_input_tokens = 0
+        self.streamed_chars = 0
         self.finished = False
+
+    def usage(self) -> tuple[int, int, bool]:
+        """(input tokens, output tokens, whether the output count is an estimate)."""
+        if self.output_tokens_reported:
+            return self.input_tokens, self.output_tokens, False
+        estimate = _tokens_for_chars(self.streamed_chars)
+        return self.input_tokens, max(estimate, self.output_tokens), True
+
+    def cache_usage(self) -> tuple[int, int]:
+        """(prompt tokens written to the cache, prompt tokens read from it), as the API said."""
+        return self.cache_creation_input_tokens, self.cache_read_input_tokens
+
+    def _read_cache_usage(self, usage: dict[str, Any]) -> None:
+        # Both counts come with `message_start`; `message_delta` may repeat them (cumulative).
+        if usage.get("cache_creation_input_tokens") is not None:
+            self.cache_creation_input_tokens = usage["cache_creation_input_tokens"]
+        if usage.get("cache_read_input_tokens") is not None:
+            self.cache_read_input_tokens = usage["cache_read_input_tokens"]
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
         event_name = ""
@@ -212,19 +299,27 @@ class ModelStream:
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return "text", delta.get("text", "")
+                text = delta.get("text", "")
+                self.streamed_chars += len(text)
+                return "text", text
             if delta.get("type") == "thinking_delta":
-                return "thinking", delta.get("thinking", "")
+                thinking = delta.get("thinking", "")
+                self.streamed_chars += len(thinking)
+                return "thinking", thinking
         elif kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self.input_tokens = usage.get("input_tokens") or 0
             self.output_tokens = usage.get("output_tokens") or 0
+            self._read_cache_usage(usage)
         elif kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
             usage = event.get("usage") or {}
-            self.output_tokens = usage.get("output_tokens") or self.output_tokens
+            if usage.get("output_tokens") is not None:
+                self.output_tokens = usage["output_tokens"]
+                self.output_tokens_reported = True
             if usage.get("input_tokens"):
                 self.input_tokens = usage["input_tokens"]
+            self._read_cache_usage(usage)
         elif kind == "message_stop":
             self.finished = True
         return None

@@ -21,10 +21,11 @@ from typing import Any, ParamSpec, TypeVar
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import InterfaceError, OperationalError, close_old_connections
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from conversations import realtime
+from conversations import realtime, tree
+from conversations.agent import attachments
 from conversations.models import AgentLease, Conversation, Message
 
 P = ParamSpec("P")
@@ -125,17 +126,39 @@ def prompts_since(client_id: str, since: datetime.datetime, *, excluding: Any = 
 
 
 def answered_prompt_ids(prompt_ids: list[str]) -> set[str]:
-    """Which of these prompts already have a reply (claimed by any agent)."""
-    replied = Message.objects.filter(role=Message.Role.ASSISTANT, prompt_id__in=prompt_ids)
+    """Which of these prompts already have their first reply (claimed by any agent)."""
+    replied = Message.objects.filter(
+        role=Message.Role.ASSISTANT, prompt_id__in=prompt_ids, request_id=F("prompt_id")
+    )
     return {str(value) for value in replied.values_list("prompt_id", flat=True)}
 
 
-def earlier_replies_in_progress(prompt: Message) -> list[Message]:
-    """Replies to earlier prompts of the same conversation that are still streaming."""
+def request_answered(prompt_id: str, request_id: str) -> bool:
+    """Whether a version request (Regenerate, Retry) of this prompt was claimed already."""
+    return Message.objects.filter(
+        role=Message.Role.ASSISTANT, prompt_id=prompt_id, request_id=request_id
+    ).exists()
+
+
+def stored_prompt(conversation_id: Any, prompt_id: str) -> Message | None:
+    return Message.objects.filter(
+        conversation_id=conversation_id, role=Message.Role.USER, prompt_id=prompt_id
+    ).first()
+
+
+def earlier_replies_in_progress(prompt: Message, *, including_own: bool = False) -> list[Message]:
+    """Replies to earlier prompts of the same conversation that are still streaming.
+
+    `including_own`: a new version of `prompt`'s reply also waits for the version streaming now
+    (issue 16's policy: a Regenerate queues behind the reply in progress, never cancels it).
+    """
+    before = (
+        Q(created_at__lte=prompt.created_at)
+        if including_own
+        else Q(created_at__lt=prompt.created_at)
+    )
     earlier_prompts = Message.objects.filter(
-        conversation_id=prompt.conversation_id,
-        role=Message.Role.USER,
-        created_at__lt=prompt.created_at,
+        before, conversation_id=prompt.conversation_id, role=Message.Role.USER
     ).values("prompt_id")
     return list(
         Message.objects.filter(
@@ -209,17 +232,13 @@ class ModelContext:
 def model_context(prompt: Message, *, default_system: str, token_budget: int) -> ModelContext:
     """The conversation so far, newest turns kept within the budget, ending with `prompt`.
 
+    Issue 16: "so far" is `prompt`'s own path (its ancestors), never another branch or version.
     Only turns whose reply has text go in (an errored, empty reply would leave two user turns
     in a row); a cancelled or interrupted reply contributes the text the user saw.
     """
     conversation = Conversation.objects.get(pk=prompt.conversation_id)
-    earlier = list(
-        Message.objects.filter(
-            conversation_id=prompt.conversation_id, created_at__lte=prompt.created_at
-        )
-        .exclude(pk=prompt.pk)
-        .order_by("created_at", "id")
-    )
+    messages = list(Message.objects.filter(conversation_id=prompt.conversation_id))
+    earlier = tree.path_to(messages, prompt.pk)[:-1]
     replies = {m.prompt_id: m for m in earlier if m.role == Message.Role.ASSISTANT and m.text}
     pairs = [
         (m, replies[m.prompt_id])
@@ -237,10 +256,15 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
         kept.append((user_turn, reply))
     kept.reverse()
     messages: list[dict[str, Any]] = []
+    user_messages: list[tuple[dict[str, Any], Message]] = []
     for user_turn, reply in kept:
         messages.append({"role": "user", "content": user_turn.text})
+        user_messages.append((messages[-1], user_turn))
         messages.append({"role": "assistant", "content": reply.text})
     messages.append({"role": "user", "content": prompt.text})
+    user_messages.append((messages[-1], prompt))
+    # Attachments (issue 17): files become content blocks within what is left of the budget.
+    attachments.add_to_context(user_messages, budget)
     return ModelContext(
         system=system,
         messages=messages,

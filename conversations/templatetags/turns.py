@@ -43,6 +43,16 @@ def _notice(turn: Message) -> str:
     return ""
 
 
+def _attachments(turn: Message) -> str:
+    # Issue 17: the files sent with a prompt (prefetched by the view); same markup as
+    # static/js/attachments.js renders for live prompts.
+    if turn.role != Message.Role.USER:
+        return ""
+    from ..attachment_rendering import attachment_list
+
+    return attachment_list(turn.attachments.all())
+
+
 @register.simple_tag
 def stored_turn(turn: Message, viewer_client_id: str) -> SafeString:
     """One stored prompt or reply, with the hooks static/js/conversation.js hydrates from."""
@@ -58,10 +68,15 @@ def stored_turn(turn: Message, viewer_client_id: str) -> SafeString:
         else ""
     )
     role = escape(turn.role)
+    # Issue 16 (conversations.tree.for_page): its parent, and hidden when off the shown path.
+    tree = f' data-parent-id="{escape(getattr(turn, "parent_wire_id", ""))}"'
+    if not getattr(turn, "on_path", True):
+        tree += " hidden"
     # Safe: every interpolated value, here and above, is escaped or a UUID.
     return mark_safe(
         f'<article class="turn turn-{role}" data-role="{role}" data-status="{escape(turn.status)}"'
-        f' data-prompt-id="{turn.prompt_id}" data-response-id="{turn.response_id or ""}"{model}'
+        f' data-prompt-id="{turn.prompt_id}" data-response-id="{turn.response_id or ""}"{model}{tree}'
         f' aria-label="{_label(turn, viewer_client_id)}">{thinking}'
-        f'<div class="turn-text" data-markdown>{escape(turn.text)}</div>{_notice(turn)}</article>'
+        f'<div class="turn-text" data-markdown>{escape(turn.text)}</div>{_attachments(turn)}'
+        f"{_notice(turn)}</article>"
     )

@@ -11,7 +11,8 @@ import sys
 import uvicorn
 import uvloop
 
-from ..quiet_gc import take_over_full_collections
+from runtimekit.quiet_gc import take_over_full_collections
+
 from .config import DEFAULT_KEY, HubConfig, NamespaceRule
 from .server import KEEP_ALIVE_SECONDS, AblyApp, listening_socket
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 ", ".join(key.split(":")[0] for key in app.config.keys),
             )
         # Full collections walk every connection's state: run them when the stand-in is quiet,
-        # not in the middle of a broadcast (emulators/quiet_gc.py).
+        # not in the middle of a broadcast (runtimekit/quiet_gc.py).
         collector = asyncio.create_task(take_over_full_collections().run())
         await serving
         collector.cancel()

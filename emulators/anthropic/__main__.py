@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -44,15 +45,25 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=2,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
-    _QuietExitServer(config).run()
+    _QuietExitServer(config, state).run()
 
 
 class _QuietExitServer(uvicorn.Server):
     """Shut down on SIGINT/SIGTERM and exit 0.
 
     uvicorn re-raises the signal after its graceful shutdown, which makes a clean stop look like
-    a crash (exit status -15) to process managers such as honcho.
+    a crash (exit status -15) to process managers such as honcho. Streams still running end at
+    once (`EmulatorState.closing`): otherwise uvicorn cancels them after its graceful timeout and
+    prints each one's traceback.
     """
+
+    def __init__(self, config: uvicorn.Config, state: EmulatorState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.state.closing = True
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -139,6 +139,9 @@ class EmulatorState:
     )
     prompt_cache: PromptCache = field(default_factory=PromptCache)
     _queued_faults: list[Fault] = field(default_factory=list)
+    # Set when the server starts shutting down: streams still running end at once (as a real
+    # server going away drops them) rather than outlast uvicorn's graceful-shutdown timeout.
+    closing: bool = False
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def apply_prompt_cache(self, request: MessagesRequest, now: float) -> CacheUsage:
@@ -485,6 +488,9 @@ class _EventStream(Response):
 
             group.start_soon(watch_for_disconnect)
             for step in self.generation.steps():
+                if self.state.closing:
+                    outcome = "dropped"
+                    break
                 if isinstance(step, Pause):
                     await self.sleep(step.seconds)
                 elif isinstance(step, Drop):

@@ -1,6 +1,8 @@
 // Markdown for replies: marked renders, DOMPurify sanitises, highlight.js colours fenced code.
 // Shared by the conversation page; globals `marked` and `DOMPurify` come from the vendor scripts.
 
+import { completeMarkdown } from "./streaming-markdown.js";
+
 const HLJS_CORE_SELECTOR = "script[data-hljs-core]";
 const LANGUAGE_ALIASES = {
   js: "javascript", jsx: "javascript", mjs: "javascript", ts: "typescript", tsx: "typescript",
@@ -24,32 +26,32 @@ function hljsUrls() {
   return { core: tag.dataset.hljsCore, languages: tag.dataset.hljsLanguages };
 }
 
-// highlight.js's npm package ships its core only as CommonJS (es/core.js re-imports lib/core.js),
-// so it is wrapped into a module here rather than loaded as a classic script, where its top-level
-// `class Response` would shadow the browser's fetch Response for every other script.
+// highlight.js's npm package ships its core only as CommonJS (es/core.js re-imports lib/core.js).
+// Imported as a module its top-level `class Response` stays module-scoped (as a classic script it
+// would shadow the browser's fetch Response for every other script), and its one CommonJS line,
+// `module.exports = highlight`, writes to a `module` global set just for the import. A module from
+// our own origin is all the page policy (script-src 'self') allows: no blob: or eval.
 function loadHighlighter() {
   if (hljsPromise) return hljsPromise;
   const urls = hljsUrls();
   if (!urls || !urls.core) return (hljsPromise = Promise.resolve(null));
-  hljsPromise = fetch(urls.core)
-    .then((response) => {
-      if (!response.ok) throw new Error(`highlight.js core: HTTP ${response.status}`);
-      return response.text();
-    })
-    .then(async (source) => {
-      const wrapped = `const module = { exports: {} }; const exports = module.exports;\n${source}\nexport default module.exports;`;
-      const blobUrl = URL.createObjectURL(new Blob([wrapped], { type: "text/javascript" }));
-      try {
-        const hljs = (await import(blobUrl)).default;
-        hljs.configure({ ignoreUnescapedHTML: true });
-        return hljs;
-      } finally {
-        URL.revokeObjectURL(blobUrl);
-      }
+  const previous = Object.getOwnPropertyDescriptor(globalThis, "module");
+  const shim = { exports: {} };
+  globalThis.module = shim;
+  hljsPromise = import(urls.core)
+    .then(() => {
+      const hljs = shim.exports;
+      if (!hljs || typeof hljs.highlight !== "function") throw new Error("highlight.js core did not load");
+      hljs.configure({ ignoreUnescapedHTML: true });
+      return hljs;
     })
     .catch((error) => {
       console.warn("Code highlighting unavailable:", error);
       return null;
+    })
+    .finally(() => {
+      if (previous) Object.defineProperty(globalThis, "module", previous);
+      else delete globalThis.module;
     });
   return hljsPromise;
 }
@@ -161,6 +163,24 @@ let purifierConfigured = false;
 function configurePurifier() {
   if (purifierConfigured) return;
   purifierConfigured = true;
+  // An image in a model's answer is never fetched by the page (it could be a tracking pixel or a
+  // private-network address, and the page policy allows images from our origin only): it becomes
+  // a link, showing its alt text, that the user can choose to open. The link is inserted after
+  // the image in DOMPurify's inert document, so DOMPurify sanitises it next; the image itself is a
+  // forbidden tag and is dropped.
+  window.DOMPurify.addHook("uponSanitizeElement", (node, data) => {
+    if (data.tagName !== "img" || !node.parentNode) return;
+    const source = node.getAttribute("src") || "";
+    const label = (node.getAttribute("alt") || node.getAttribute("title") || "").trim();
+    const link = node.ownerDocument.createElement("a");
+    link.className = "reply-image-link";
+    link.textContent = `Image: ${label || source || "unnamed"}`;
+    if (source) {
+      link.setAttribute("href", source);
+      link.setAttribute("title", `Open image ${source}`);
+    }
+    node.after(link);
+  });
   // Links from a model's answer open elsewhere and never get the opener.
   window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
     if (node.tagName === "A" && node.hasAttribute("href")) {
@@ -170,17 +190,22 @@ function configurePurifier() {
   });
 }
 
-/** Render `text` as sanitised markdown into `container`, replacing what was there. */
-export function renderMarkdown(container, text) {
+/** Render `text` as sanitised markdown into `container`, replacing what was there.
+ *
+ * `streaming`: the text is a reply still arriving, so unfinished markdown is completed (or held
+ * back) first and no raw markers flash; the final render (`streaming` false) is of the text as is.
+ */
+export function renderMarkdown(container, text, { streaming = false } = {}) {
   if (!window.marked || !window.DOMPurify) {
     container.textContent = text;
     return;
   }
   configurePurifier();
-  const html = window.marked.parse(text, { gfm: true, breaks: false, async: false });
+  const source = streaming ? completeMarkdown(text) : text;
+  const html = window.marked.parse(source, { gfm: true, breaks: false, async: false });
   container.innerHTML = window.DOMPurify.sanitize(html, {
     USE_PROFILES: { html: true },
-    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select"],
+    FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select"],
     FORBID_ATTR: ["style"],
   });
   decorateCodeBlocks(container);

@@ -7,21 +7,93 @@ export function readConfig() {
   return JSON.parse(element.textContent);
 }
 
+// Sent on `window` when the token endpoint no longer knows the conversation a token was asked
+// for (deleted on another device): `detail.conversationId`. The open view then shows it deleted.
+export const CONVERSATION_GONE_EVENT = "chat:conversation-gone";
+// views.USER_SCOPE: a token for the user's list channel only.
+const USER_SCOPE = "user";
+
+/** `config`'s token endpoint, scoped to the user's list channel only. */
+export function userScoped(config) {
+  return { tokenPath: config.tokenPath || config.tokenUrl, tokenParams: { scope: USER_SCOPE } };
+}
+
+async function requestToken(path, params) {
+  const url = new URL(path, window.location.href);
+  for (const [name, value] of Object.entries(params || {})) url.searchParams.set(name, value);
+  // Session cookie, not token params, identifies the user; the server ignores the params.
+  return fetch(url, {
+    credentials: "same-origin",
+    cache: "no-store",
+    headers: { "X-Requested-With": "ably-js" },
+  });
+}
+
+async function fetchToken(path, params) {
+  let response = await requestToken(path, params);
+  if (response.status === 404 && params && params.conversation) {
+    // The conversation is gone: renewing for it would fail every time and leave the connection
+    // reconnecting forever. Carry on with the user's list channel (the sidebar) instead.
+    window.dispatchEvent(new CustomEvent(CONVERSATION_GONE_EVENT, { detail: { conversationId: params.conversation } }));
+    response = await requestToken(path, { scope: USER_SCOPE });
+  }
+  const body = await response.text();
+  if (!response.ok) {
+    let message = body;
+    try {
+      message = JSON.parse(body).error || body;
+    } catch {
+      // not JSON: the text itself
+    }
+    // ably-js retries any failure but a 403, which it treats as final (as for an authUrl).
+    throw { code: 40170, statusCode: response.status, message: message || `token request failed (${response.status})` };
+  }
+  return body;
+}
+
+/** How ably-js asks Django for a token scoped as `config` says (`tokenPath` + `tokenParams`). */
+export function authOptionsFor(config) {
+  const path = config.tokenPath || config.tokenUrl;
+  const params = config.tokenParams || {};
+  return {
+    // Called again by ably-js before the token expires (or when it is revoked): renewal needs
+    // no code elsewhere. A callback rather than an authUrl so a conversation deleted meanwhile
+    // can fall back to the user's scope (above).
+    authCallback: (_tokenParams, callback) => {
+      fetchToken(path, params).then(
+        (token) => callback(null, token),
+        (error) => callback(error, null),
+      );
+    },
+  };
+}
+
 /** A Realtime client that fetches its short-lived token from Django and renews it silently. */
 export function createRealtime(config) {
   if (!window.Ably) throw new Error("ably-js did not load");
   return new window.Ably.Realtime({
     ...(config.ablyClientOptions || {}),
-    // authUrl is called again by ably-js before the token expires: renewal needs no code here.
-    authUrl: config.tokenUrl,
-    authMethod: "GET",
-    // Session cookie, not token params, identifies the user; the server ignores the params.
-    authHeaders: { "X-Requested-With": "ably-js" },
+    ...authOptionsFor(config),
     // This device must hear its own prompts: the echo is how it learns they reached the channel.
     echoMessages: true,
     // The page owns presence: leave explicitly on unload instead of lingering 15 s.
     closeOnUnload: true,
   });
+}
+
+/**
+ * Re-scope the connection's token to `config`'s conversation, in place: ably-js sends the new
+ * token on the open connection (an AUTH message), so the connection, its id and every other
+ * attached channel stay as they are. Later renewals use the same scope.
+ */
+export async function authorizeFor(realtime, config) {
+  await realtime.auth.authorize(null, authOptionsFor(config));
+}
+
+/** The CSRF token Django rendered into `root` (a form's hidden field). */
+export function csrfToken(root = document) {
+  const field = root.querySelector("input[name=csrfmiddlewaretoken]") || document.querySelector("input[name=csrfmiddlewaretoken]");
+  return field ? field.value : "";
 }
 
 const CONNECTION_LABELS = {

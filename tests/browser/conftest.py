@@ -146,11 +146,12 @@ class Device:
         box.fill(text)
         box.press("Enter")
 
+    # What the user sees: the shown path (issue 16 keeps other versions in the page, hidden).
     def prompts(self) -> Locator:
-        return self.page.locator("article.turn-user")
+        return self.page.locator("article.turn-user:not([hidden])")
 
     def replies(self) -> Locator:
-        return self.page.locator("article.turn-assistant")
+        return self.page.locator("article.turn-assistant:not([hidden])")
 
     def reply_text(self, reply: Locator) -> str:
         """The reply's markdown source as the client assembled it from the channel."""

@@ -139,9 +139,9 @@ def test_html_and_script_in_a_prompt_and_a_reply_stay_inert(
         expect(reply.locator("script")).to_have_count(0)
         expect(reply.locator("[onerror]")).to_have_count(0)
         expect(reply.locator("a[href^='javascript']")).to_have_count(0)
-        reply.locator(".turn-text img").first.evaluate(
-            "img => img.dispatchEvent(new Event('error'))"
-        )
+        # The image became a link the user may open; it is never loaded (no onerror to fire).
+        expect(reply.locator(".turn-text img")).to_have_count(0)
+        expect(reply.locator(".turn-text a.reply-image-link")).to_have_count(1)
         assert page.evaluate("window.__xss") is None
         device.page.reload()
         device.wait_until_live()
@@ -236,16 +236,20 @@ def test_retry_after_an_error_and_regenerate(stack, make_device, alice, conversa
 
     stack.anthropic.clear_faults()
     failed.locator("[data-retry]").click()
-    expect(device.prompts()).to_have_count(2)
-    retried = device.replies().nth(1)
+    # Issue 16: a new version in place of the failed one, not a second prompt.
+    expect(device.prompts()).to_have_count(1)
+    expect(device.replies()).to_have_count(1)
+    retried = device.replies().first
     expect(retried).to_have_attribute("data-status", "complete")
     expect(retried.locator(".turn-text")).to_have_text("worth retrying")
+    expect(retried.locator("[data-version-label]")).to_have_text("2/2")
 
     retried.locator("[data-regenerate]").click()
-    expect(device.prompts()).to_have_count(3)
-    expect(device.replies()).to_have_count(3)
-    expect(device.replies().nth(2)).to_have_attribute("data-status", "complete")
-    expect(device.replies().nth(2).locator(".turn-text")).to_have_text("worth retrying")
+    expect(device.replies().first.locator("[data-version-label]")).to_have_text("3/3")
+    expect(device.prompts()).to_have_count(1)
+    expect(device.replies()).to_have_count(1)
+    expect(device.replies().first).to_have_attribute("data-status", "complete")
+    expect(device.replies().first.locator(".turn-text")).to_have_text("worth retrying")
 
 
 def test_staff_watch_a_conversation_live_and_read_only(

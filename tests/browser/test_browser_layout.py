@@ -59,24 +59,30 @@ def store_exchange(
     conversation: Conversation, prompt: str, answer: str, thinking: str = ""
 ) -> None:
     prompt_id = uuid.uuid4()
-    Message.objects.create(
+    conversation.refresh_from_db()
+    # On the shown path, as the agent stores a turn (issue 16: the conversation is a tree).
+    stored_prompt = Message.objects.create(
         conversation=conversation,
         role=Message.Role.USER,
         client_id="user",
         text=prompt,
         prompt_id=prompt_id,
+        parent=conversation.current_leaf,
     )
-    Message.objects.create(
+    reply = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         client_id="agent",
         text=answer,
         thinking=thinking,
         prompt_id=prompt_id,
+        request_id=prompt_id,
+        parent=stored_prompt,
         response_id=uuid.uuid4(),
         model="claude-sonnet-5-5",
         stop_reason="end_turn",
     )
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=reply)
 
 
 @pytest.mark.parametrize(("size_name", "viewport"), [("desktop", DESKTOP), ("phone", PHONE)])
@@ -113,6 +119,18 @@ def test_pages_fit_the_screen(stack, browser, make_device, alice, size_name, vie
     assert_fits_width(device.page, viewport["width"])
     device.page.evaluate("window.scrollTo(0, 0)")
     capture(device.page, f"conversation-{size_name}")
+    if viewport is PHONE:
+        # The conversations are a slide-over on a phone, behind the header's toggle.
+        device.page.locator("[data-sidebar-toggle]").click()
+        expect(device.page.locator("[data-sidebar]")).to_be_visible()
+        # Slid all the way in (the slide is a short transition).
+        device.page.wait_for_function(
+            "() => document.querySelector('[data-sidebar]').getBoundingClientRect().left >= 0"
+        )
+        assert_fits_width(device.page, viewport["width"])
+        capture(device.page, "sidebar-phone")
+        device.page.keyboard.press("Escape")
+        expect(device.page.locator("[data-sidebar]")).to_be_hidden()
 
     device.open("/")
     device.wait_until_live()

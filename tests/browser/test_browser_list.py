@@ -19,7 +19,11 @@ def test_list_changes_on_one_device_appear_on_the_others(stack, make_device, ali
         device.open("/")
         device.wait_until_live()
 
-    laptop.page.get_by_role("button", name="New conversation").click()
+    # "New conversation" opens an empty composer; the first prompt creates the conversation.
+    laptop.page.get_by_role("link", name="New conversation").click()
+    laptop.page.wait_for_url("**/new")
+    laptop.wait_until_live()
+    laptop.send("Say exactly: hello")
     laptop.page.wait_for_url("**/conversations/*/")
     conversation_id = laptop.page.url.rstrip("/").rsplit("/", 1)[-1]
     item = phone.page.locator(f"[data-conversation-id='{conversation_id}']")
@@ -30,6 +34,7 @@ def test_list_changes_on_one_device_appear_on_the_others(stack, make_device, ali
     )
 
     laptop.wait_until_live()
+    laptop.page.locator("[data-conversation-menu] > summary").click()
     laptop.page.locator("[data-rename] summary").click()
     laptop.page.get_by_label("New title").fill("Trip to Lisbon")
     laptop.page.get_by_role("button", name="Save").click()
@@ -37,7 +42,8 @@ def test_list_changes_on_one_device_appear_on_the_others(stack, make_device, ali
     # The renamed conversation's own page follows too, on any device that has it open.
     expect(laptop.page.locator("[data-conversation-title]")).to_have_text("Trip to Lisbon")
 
-    laptop.page.get_by_role("button", name="Archive").click()
+    laptop.page.locator("[data-conversation-menu] > summary").click()
+    laptop.page.get_by_role("button", name="Archive", exact=True).click()
     laptop.page.wait_for_url(stack.absolute("/"))
     expect(item).to_have_count(0)
 
@@ -46,7 +52,8 @@ def test_list_changes_on_one_device_appear_on_the_others(stack, make_device, ali
     archived_item = phone.page.locator(f"[data-conversation-id='{conversation_id}']")
     expect(archived_item).to_have_count(1)
     laptop.open(f"/conversations/{conversation_id}/")
-    laptop.page.get_by_role("button", name="Unarchive").click()
+    laptop.page.locator("[data-conversation-menu] > summary").click()
+    laptop.page.get_by_role("button", name="Unarchive", exact=True).click()
     expect(archived_item).to_have_count(0)
     expect(phone.page.locator("[data-conversation-empty]")).to_be_visible()
 
@@ -61,7 +68,9 @@ def test_list_changes_on_one_device_appear_on_the_others(stack, make_device, ali
     expect(strangers_device.page.locator("[data-conversation-id]")).to_have_count(0)
 
 
-def test_list_is_keyboard_usable(stack, make_device, alice, conversation):
+def test_list_is_keyboard_usable(stack, make_device, alice):
+    # Titled: a conversation nobody used (untitled, no messages) is not listed.
+    conversation = actions.create_conversation(alice, title="Reachable by keyboard")
     device = make_device(alice)
     device.open("/")
     device.wait_until_live()

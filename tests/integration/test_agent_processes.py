@@ -157,3 +157,18 @@ async def test_a_replacement_agent_with_another_id_settles_the_dead_agents_reply
     stored = await sync_to_async(replies_by_prompt)()
     assert (stored[orphan].status, stored[orphan].text) == ("interrupted", orphaned.text)
     assert await asyncio.to_thread(new_host.terminate) == 0
+
+
+async def test_an_agent_process_collects_garbage_when_quiet_and_reports_its_loop_lag(
+    agent_processes, devices, alice
+):
+    """What the relay bench reads (`--log-loop-lag`), with the quiet-GC policy in force."""
+    conversation = await sync_to_async(Conversation.objects.create)(owner=alice)
+    agent = agent_processes("agent-lag", extra_args=["--log-loop-lag", "0.2"])
+    await agent.await_ready()
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("Say exactly: Still answering.")
+    reply = await phone.final_reply(prompt_id)
+    assert (reply.status, reply.text) == ("complete", "Still answering.")
+    await phone.wait_for(lambda: "event loop worst lag" in agent.output())
+    assert "full garbage collections now wait for a quiet moment" in agent.output()

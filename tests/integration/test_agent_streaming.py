@@ -291,3 +291,90 @@ async def test_the_agent_sets_ablys_append_rollup_on_its_connections(
 
     found = await asyncio.to_thread(ably_server.call, windows)
     assert found and set(found) == {window_ms}
+
+
+async def test_the_title_arrives_while_the_first_reply_still_streams(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    anthropic_server.set_pacing(tokens_per_second=40)
+    await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    words = " ".join(f"step{i}" for i in range(200))
+    prompt_id = await phone.prompt(f"Say exactly: Sourdough bread baking notes {words}")
+    title_event = await phone.wait_for(
+        lambda: next((m for m in phone.received if m.name == events.Name.TITLE), None)
+    )
+    # The title came from the prompt alone, while the reply was still being written.
+    assert not phone.reply_for(prompt_id).final
+    assert "Sourdough" in title_event.data
+    await conversation.arefresh_from_db()
+    assert conversation.title == title_event.data
+    await phone.cancel(prompt_id=prompt_id)
+    assert (await phone.final_reply(prompt_id)).status == events.Status.CANCELLED
+
+
+async def test_a_failed_first_reply_still_titles_the_conversation(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    # The reply and the early title both fail; the title is written again after the reply.
+    anthropic_server.inject_fault("500", count=2)
+    await asyncio.to_thread(start_agent, generate_titles=True, model_attempts=1)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("How do I bake sourdough bread at home?")
+    assert (await phone.final_reply(prompt_id)).status == events.Status.ERROR
+    title_event = await phone.wait_for(
+        lambda: next((m for m in phone.received if m.name == events.Name.TITLE), None)
+    )
+    assert "Sourdough" in title_event.data
+    await conversation.arefresh_from_db()
+    assert conversation.title == title_event.data
+
+
+async def test_a_reply_stopped_at_once_still_titles_the_conversation(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    anthropic_server.set_pacing(tokens_per_second=40)
+    await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("How do I bake sourdough bread at home?")
+    await phone.cancel(prompt_id=prompt_id)
+    assert (await phone.final_reply(prompt_id)).status == events.Status.CANCELLED
+    title_event = await phone.wait_for(
+        lambda: next((m for m in phone.received if m.name == events.Name.TITLE), None)
+    )
+    assert "Sourdough" in title_event.data
+
+
+def title_requests(anthropic_server) -> list[dict]:
+    return [r.body for r in anthropic_server.messages_requests if not r.body.get("stream")]
+
+
+async def test_a_clear_first_prompt_is_titled_once_from_the_prompt_alone(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    agent = await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("Say exactly: Sourdough needs a lively starter.")
+    await phone.final_reply(prompt_id)
+    await phone.wait_for(lambda: any(m.name == events.Name.TITLE for m in phone.received))
+    await agent.wait_idle()
+    # The title tasks have finished (the improvement decided it was not needed).
+    await phone.wait_for(lambda: not agent.agent._background, timeout=10)
+    [request] = title_requests(anthropic_server)
+    assert request["max_tokens"] <= 32
+    assert "Assistant:" not in request["messages"][0]["content"]
+
+
+async def test_a_vague_first_prompt_is_titled_again_from_the_first_exchange(
+    start_agent, devices, alice, conversation, anthropic_server
+):
+    await asyncio.to_thread(start_agent, generate_titles=True)
+    phone = await devices(alice, conversation)
+    prompt_id = await phone.prompt("Hi there")
+    await phone.final_reply(prompt_id)
+    await asyncio.to_thread(
+        anthropic_server.wait_until, lambda: len(title_requests(anthropic_server)) == 2, 10
+    )
+    early, improved = title_requests(anthropic_server)
+    assert "Assistant:" not in early["messages"][0]["content"]
+    assert "Assistant:" in improved["messages"][0]["content"]

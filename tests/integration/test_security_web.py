@@ -75,6 +75,8 @@ class Route:
             kwargs = {"uidb64": "MQ", "token": "set-password"}
         elif self.takes_conversation:
             kwargs = {"conversation_id": conversation_id}
+        elif "<uuid:attachment_id>" in self.pattern:
+            kwargs = {"attachment_id": uuid.uuid4()}
         return reverse(self.name, kwargs=kwargs)
 
 

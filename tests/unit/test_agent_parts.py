@@ -10,9 +10,9 @@ import pytest
 
 from conversations import events
 from conversations.agent import model as claude
-from conversations.agent.agent import clean_title
 from conversations.agent.config import AgentConfig, ConfigError
 from conversations.agent.streaming import PendingText, RateLimiter
+from conversations.agent.titles import clean_title
 
 
 class FakeClock:

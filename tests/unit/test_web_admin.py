@@ -276,3 +276,59 @@ def test_renaming_in_the_admin_reaches_the_owners_devices(
     # A staff edit is not the user's activity.
     assert conversation.updated_at == last_activity
     assert ("title", "After") in [(p.name, p.data) for p in sent]
+
+
+def test_estimated_usage_is_flagged_and_counted_in_the_totals(staff_client, alice):
+    conversation = Conversation.objects.create(owner=alice, title="Stopped once")
+    add_turn(conversation, "q", "a complete answer", input_tokens=7, output_tokens=9)
+    add_turn(
+        conversation,
+        "q",
+        "a stopped answer",
+        input_tokens=5,
+        output_tokens=4,
+        usage_estimated=True,
+        status=Message.Status.CANCELLED,
+    )
+
+    changelist = staff_client.get(reverse("admin:conversations_conversation_changelist"))
+    assert " 4 12 13 " in f"{row_of(changelist.content.decode(), 'Stopped once')} "
+    users = staff_client.get(reverse("admin:auth_user_changelist")).content.decode()
+    assert " 4 12 13 " in f"{row_of(users, 'alice')} "
+    change = staff_client.get(
+        reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert "usage estimated" in change.lower()
+    # The flag shows per message: one estimate (True), two figures from the API or none.
+    assert change.count('alt="True"') == 1
+
+
+def test_prompt_cache_tokens_are_totalled_and_exported(staff_client, alice):
+    conversation = Conversation.objects.create(owner=alice, title="Cached")
+    add_turn(conversation, "q", "a", input_tokens=5, output_tokens=3)
+    add_turn(
+        conversation,
+        "q",
+        "a",
+        input_tokens=7,
+        output_tokens=4,
+        cache_creation_input_tokens=1200,
+        cache_read_input_tokens=1500,
+    )
+
+    conversations = staff_client.get(reverse("admin:conversations_conversation_changelist"))
+    # messages, input, output, cache write, cache read
+    assert " 4 12 7 1200 1500 " in f"{row_of(conversations.content.decode(), 'Cached')} "
+    users = staff_client.get(reverse("admin:auth_user_changelist")).content.decode()
+    assert "alice@example.com 1 4 12 7 1200 1500" in row_of(users, "alice@example.com")
+    response = staff_client.post(
+        reverse("admin:conversations_conversation_changelist"),
+        {"action": "export_json", "_selected_action": [conversation.pk]},
+    )
+    [exported] = json.loads(response.content)["conversations"]
+    reply = exported["messages"][3]
+    assert (reply["cache_creation_input_tokens"], reply["cache_read_input_tokens"]) == (1200, 1500)
+    transcript = staff_client.get(
+        reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert "1200" in transcript and "1500" in transcript

@@ -85,6 +85,7 @@ def listed_ids(response) -> list[str]:
     "name, args",
     [
         ("conversations:list", []),
+        ("conversations:new", []),
         ("conversations:detail", [uuid.uuid4()]),
         ("conversations:rename", [uuid.uuid4()]),
         ("conversations:delete", [uuid.uuid4()]),
@@ -219,7 +220,8 @@ def test_the_list_page_config_points_at_the_user_channel(alice_client, alice):
 
 
 def test_creating_a_conversation_opens_it_and_tells_my_other_devices(alice_client, alice, outbox):
-    response = alice_client.post(reverse("conversations:create"))
+    # A conversation is created by its first prompt (which the browser then sends on its channel).
+    response = alice_client.post(reverse("conversations:create"), {"prompt": "Hello"})
 
     conversation = Conversation.objects.get(owner=alice)
     assert response.status_code == 302
@@ -233,6 +235,135 @@ def test_creating_a_conversation_opens_it_and_tells_my_other_devices(alice_clien
 
 def test_create_needs_a_post(alice_client):
     assert alice_client.get(reverse("conversations:create")).status_code == 405
+
+
+def test_the_first_prompt_creates_the_conversation_the_browser_then_uses(
+    alice_client, alice, outbox
+):
+    response = alice_client.post(
+        reverse("conversations:create"),
+        {"prompt": "How do tides work?"},
+        headers={"accept": "application/json"},
+    )
+
+    assert response.status_code == 201
+    conversation = Conversation.objects.get(owner=alice)
+    created = response.json()
+    assert created["conversationId"] == str(conversation.pk)
+    assert created["url"] == conversation.get_absolute_url()
+    assert created["channel"] == conversation.channel_name
+    # A token for the new channel: the page's token was minted before the conversation existed.
+    assert created["tokenParams"] == {"conversation": str(conversation.pk)}
+    assert created["conversationUrls"]["rename"] == reverse(
+        "conversations:rename", args=[conversation.pk]
+    )
+    assert [p.data["action"] for p in outbox] == [events.ListAction.CREATED]
+    assert created["announced"] is True
+    assert created["attachments"]["uploadUrl"] == reverse(
+        "conversations:attachment_upload", args=[conversation.pk]
+    )
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_no_prompt_creates_nothing(alice_client, alice, outbox, prompt):
+    as_json = alice_client.post(
+        reverse("conversations:create"), {"prompt": prompt}, headers={"accept": "application/json"}
+    )
+    assert as_json.status_code == 400
+    assert as_json.json() == {"error": "Type a message first."}
+    # The old "New conversation" button posted nothing: it now gets the empty composer.
+    as_form = alice_client.post(reverse("conversations:create"))
+    assert as_form.status_code == 302
+    assert as_form["Location"] == reverse("conversations:new")
+    assert not Conversation.objects.exists()
+    assert outbox == []
+
+
+def test_an_over_long_first_prompt_creates_nothing(alice_client, alice, settings):
+    settings.MAX_PROMPT_CHARS = 10
+    response = alice_client.post(
+        reverse("conversations:create"),
+        {"prompt": "x" * 11},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "Your message is 11 characters; the limit is 10."
+    assert not Conversation.objects.exists()
+
+
+def test_new_chat_is_an_empty_composer_with_no_conversation_behind_it(alice_client, alice):
+    for _ in range(2):
+        response = alice_client.get(reverse("conversations:new"))
+        assert response.status_code == 200
+        assert b"data-composer" in response.content
+    assert not Conversation.objects.exists()
+    config = chat_config(response)
+    assert config["draft"] is True
+    assert config["conversationId"] is None
+    # The list channel only, until the first prompt creates a conversation to scope a token to.
+    assert config["tokenParams"] == {"scope": "user"}
+    # Files can be chosen, but there is nowhere to upload them until the first one creates it.
+    assert config["attachments"]["uploadUrl"] is None
+    assert config["attachments"]["maxFiles"] > 0
+
+
+def test_a_drafts_first_file_creates_a_conversation_no_list_shows_yet(alice_client, alice, outbox):
+    response = alice_client.post(
+        reverse("conversations:create"),
+        {"prompt": "", "for": "attachments"},
+        headers={"accept": "application/json"},
+    )
+
+    assert response.status_code == 201
+    conversation = Conversation.objects.get(owner=alice)
+    created = response.json()
+    assert created["attachments"]["uploadUrl"] == reverse(
+        "conversations:attachment_upload", args=[conversation.pk]
+    )
+    assert created["tokenParams"] == {"conversation": str(conversation.pk)}
+    assert created["announced"] is False
+    # Empty: not announced to the other devices, and in no list.
+    assert outbox == []
+    assert (
+        str(conversation.pk) not in alice_client.get(reverse("conversations:list")).content.decode()
+    )
+    # A form post (no JavaScript) still needs a prompt.
+    as_form = alice_client.post(reverse("conversations:create"), {"for": "attachments"})
+    assert as_form["Location"] == reverse("conversations:new")
+    assert Conversation.objects.count() == 1
+
+
+def test_conversations_nobody_used_stay_out_of_the_lists(alice_client, alice):
+    used = make_conversation(alice)
+    add_turn(used, "Hi", "Hello")
+    titled = make_conversation(alice, "Named but empty")
+    unused = make_conversation(alice)
+
+    listed = listed_ids(alice_client.get(reverse("conversations:list")))
+    assert sorted(listed) == sorted([str(used.pk), str(titled.pk)])
+    page = alice_client.get(titled.get_absolute_url()).content.decode()
+    sidebar = re.search(r"<aside [^>]*data-sidebar[^>]*>(.*?)</aside>", page, re.S).group(1)
+    assert str(used.pk) in sidebar and str(titled.pk) in sidebar
+    assert str(unused.pk) not in sidebar
+
+
+def test_the_sidebar_lists_active_and_archived_newest_first(alice_client, alice, bob):
+    older = make_conversation(alice, "Older")
+    newer = make_conversation(alice, "Newer")
+    archived = make_conversation(alice, "Put away", archived=True)
+    make_conversation(bob, "Bob's secret")
+    page = alice_client.get(newer.get_absolute_url()).content.decode()
+
+    def ids(kind: str) -> list[str]:
+        match = re.search(rf"<ul [^>]*data-sidebar-list=\"{kind}\"[^>]*>(.*?)</ul>", page, re.S)
+        return re.findall(r'data-conversation-id="([0-9a-f-]+)"', match.group(1))
+
+    assert ids("active") == [str(newer.pk), str(older.pk)]
+    assert ids("archived") == [str(archived.pk)]
+    assert "Bob&#x27;s secret" not in page
+    assert (
+        f'href="{newer.get_absolute_url()}" data-nav data-sidebar-title aria-current="page"' in page
+    )
 
 
 def test_renaming_sets_the_title_and_announces_it(alice_client, alice, outbox):

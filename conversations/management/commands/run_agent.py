@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +20,8 @@ from conversations import events
 from conversations.agent import Agent, AgentConfig, ConfigError
 from conversations.agent.config import STREAMING_PATTERNS
 from conversations.agent.identity import AgentIdInUse
+from runtimekit.loop_lag import LoopLagSampler
+from runtimekit.quiet_gc import take_over_full_collections
 
 logger = logging.getLogger("conversations.agent")
 
@@ -171,6 +176,13 @@ class Command(BaseCommand):
             help="Do not ask the model to title new conversations.",
         )
         parser.add_argument(
+            "--log-loop-lag",
+            type=float,
+            metavar="SECONDS",
+            help="Every SECONDS, log the event loop's worst lag over that time (how late it ran "
+            "what was due; the relay bench reads it). Default: off.",
+        )
+        parser.add_argument(
             "--wait-for-services",
             action="store_true",
             help=f"Wait up to {SERVICE_WAIT_SECONDS:.0f}s for the Ably and Anthropic endpoints "
@@ -211,8 +223,19 @@ class Command(BaseCommand):
             self._wait_for_services(config)
         # uvloop, as uvicorn picks for its servers: the agent's per-token work is mostly socket
         # reads and writes, which cost less CPU on it than on asyncio's default loop.
+        self.stopped_by_signal = False
+        self.log_loop_lag = options.get("log_loop_lag") or 0.0
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(self._run(config))
+        if self.stopped_by_signal:
+            # Every reply is saved and every connection closed. The interpreter's own teardown
+            # (a full garbage collection of the heap, then every module) takes seconds after a
+            # busy run, eating into the few a process manager allows (honcho's 5 s on Ctrl-C)
+            # before it kills the process: skip it.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     def _wait_for_services(self, config: AgentConfig) -> None:
         endpoints = [u for u in (config.ably_endpoint, config.anthropic_base_url) if u]
@@ -223,6 +246,30 @@ class Command(BaseCommand):
                     raise CommandError(f"{url} did not accept connections")
                 time.sleep(0.5)
 
+    @staticmethod
+    async def _collect_when_quiet(agent: Agent) -> None:
+        """Once the agent serves, full garbage collections wait for a quiet moment (or a
+        minute): one in the middle of a burst stalls every reply being relayed (issue 14
+        measured 88-263 ms). As the Ably stand-in does; see runtimekit/quiet_gc.py."""
+        await agent.started.wait()
+        collector = take_over_full_collections()
+        logger.info(
+            "full garbage collections now wait for a quiet moment (%d start-up objects frozen)",
+            gc.get_freeze_count(),
+        )
+        await collector.run()
+
+    @staticmethod
+    async def _log_loop_lag(interval: float) -> None:
+        sampler = LoopLagSampler()
+        sampling = asyncio.create_task(sampler.run())
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                logger.info("event loop worst lag %.1f ms", sampler.take_worst() * 1000)
+        finally:
+            sampling.cancel()
+
     async def _run(self, config: AgentConfig) -> None:
         stop = asyncio.Event()
         agent = Agent(config)
@@ -231,6 +278,7 @@ class Command(BaseCommand):
         def on_signal(signum: int) -> None:
             nonlocal signals_seen
             signals_seen += 1
+            self.stopped_by_signal = True
             if signals_seen == 1:
                 logger.info("signal %d: finishing in-flight replies", signum)
                 stop.set()
@@ -242,10 +290,16 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        helpers = [asyncio.create_task(self._collect_when_quiet(agent), name="quiet gc")]
+        if self.log_loop_lag:
+            helpers.append(asyncio.create_task(self._log_loop_lag(self.log_loop_lag)))
         try:
             await agent.run(stop)
         except (ConnectionError, AgentIdInUse) as error:
             raise CommandError(str(error)) from None
+        finally:
+            for helper in helpers:
+                helper.cancel()
         if agent.lease_lost.is_set():
             raise CommandError(
                 f"agent id {config.agent_id!r} was taken over by another process; stopped"

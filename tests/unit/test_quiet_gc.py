@@ -1,4 +1,5 @@
-"""The stand-ins' full-collection policy (emulators/quiet_gc.py), with its clocks injected."""
+"""The agent's and the Ably stand-in's full-collection policy (runtimekit/quiet_gc.py), with its
+clocks injected."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import gc
 import subprocess
 import sys
 
-from emulators.quiet_gc import QuietCollector
+from runtimekit.quiet_gc import QuietCollector
 
 
 class FakeProcess:
@@ -90,7 +91,7 @@ def test_serving_takes_full_collections_over_from_cpython():
     """In a fresh interpreter: startup objects frozen, automatic full collections off."""
     script = (
         "import gc\n"
-        "from emulators.quiet_gc import take_over_full_collections\n"
+        "from runtimekit.quiet_gc import take_over_full_collections\n"
         "before = gc.get_freeze_count()\n"
         "take_over_full_collections()\n"
         "print(before, gc.get_freeze_count() > 10_000, gc.get_threshold()[2] >= 2**31 - 1)\n"

@@ -1,12 +1,14 @@
-"""Full garbage collections when a stand-in is quiet, not in the middle of a burst.
+"""Full garbage collections when a process is quiet, not in the middle of a burst.
 
 CPython collects its oldest generation whenever enough new objects have survived into it, and a
 full collection walks every tracked object: in the Ably stand-in with 1,000 subscribers that is
 a stop of up to ~90 ms, landing wherever the burst that caused it happens to be. Real Ably does not
 stall a channel like that, and a stand-in that does puts pauses into every latency measured
-through it (see docs/benchmarks.md, fan-out).
+through it (see docs/benchmarks.md, fan-out). The agent has the same problem with its own heap
+(sessions, runs, SDK objects): a full collection there stalls every reply being relayed (issue 14
+measured 88-263 ms, once 1.1 s).
 
-So a serving stand-in takes full collections out of CPython's hands: the modules, classes and
+So a serving process (the Ably stand-in, `manage.py run_agent`) takes full collections out of CPython's hands: the modules, classes and
 configuration that exist once serving starts are frozen (never garbage, never walked again),
 the automatic oldest-generation collection is switched off, and `QuietCollector.check()`, run
 every half second, collects it when the process has been (nearly) idle, or anyway once
@@ -14,7 +16,7 @@ every half second, collects it when the process has been (nearly) idle, or anywa
 load. Young generations are collected as before: they are small and their pauses short.
 
 The policy itself is plain code with its clocks and `collect` injected, tested in
-tests/unit/test_ably_quiet_gc.py.
+tests/unit/test_quiet_gc.py.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class QuietCollector:
 def take_over_full_collections() -> QuietCollector:
     """Freeze what exists now and stop CPython's own full collections; run the result's `run()`.
 
-    Call it once the server is built, just before serving.
+    Call it once the server is built, just before serving. Not for a process that hosts other
+    code with its own expectations of the collector (a test run).
     """
     gc.collect()
     gc.freeze()
