@@ -1088,31 +1088,39 @@ class Agent:
                 announced += 1
         return announced
 
-    async def _stop_on_channel(self, reply: Message) -> bool | None:
-        """Whether the agent's `stop` for this reply is in channel history (None: unknown)."""
+    async def _reply_history(self, reply: Message) -> list[AblyMessage]:
+        """Every message of this reply (by responseId) in its channel's history, oldest first.
+
+        Read over REST from a little before the reply was claimed; raises if history cannot be
+        read (the callers decide what "unknown" means for them).
+        """
         response_id = str(reply.response_id)
         since_ms = int(reply.created_at.timestamp() * 1000) - 5_000
-        try:
-            assert self.pool.rest is not None
-            channel = self.pool.rest.channels.get(
-                events.conversation_channel(reply.conversation_id)
+        assert self.pool.rest is not None
+        channel = self.pool.rest.channels.get(events.conversation_channel(reply.conversation_id))
+        found: list[AblyMessage] = []
+        page = await channel.history(direction="forwards", start=since_ms, limit=1000)
+        while True:
+            found.extend(
+                message
+                for message in page.items
+                if ((message.extras or {}).get("headers") or {}).get("responseId") == response_id
             )
-            page = await channel.history(direction="forwards", start=since_ms, limit=1000)
-            while True:
-                for message in page.items:
-                    headers = (message.extras or {}).get("headers") or {}
-                    if (
-                        message.name == events.Name.STOP
-                        and message.client_id == self.config.agent_client_id
-                        and headers.get("responseId") == response_id
-                    ):
-                        return True
-                if not page.has_next():
-                    return False
-                page = await page.next()
+            if not page.has_next():
+                return found
+            page = await page.next()
+
+    async def _stop_on_channel(self, reply: Message) -> bool | None:
+        """Whether the agent's `stop` for this reply is in channel history (None: unknown)."""
+        try:
+            history = await self._reply_history(reply)
         except Exception as error:  # noqa: BLE001 - unknown: leave it (a reload is right)
-            logger.warning("could not read reply %s's history: %r", response_id, error)
+            logger.warning("could not read reply %s's history: %r", reply.response_id, error)
             return None
+        return any(
+            message.name == events.Name.STOP and message.client_id == self.config.agent_client_id
+            for message in history
+        )
 
     async def announce_outcome(self, reply: Message) -> None:
         """The whole stored text of a finished reply, then its `stop`, as the database has it."""
@@ -1187,34 +1195,24 @@ class Agent:
         The dead process never wrote its text (no write per token), but Ably kept it: the
         aggregated `response` messages, or the `token`s and `snapshot`s, of this responseId.
         """
-        response_id = str(reply.response_id)
-        since_ms = int(reply.created_at.timestamp() * 1000) - 5_000
         parts: dict[str, str] = {}
         tokens: dict[str, dict[int, str]] = {}
         try:
-            assert self.pool.rest is not None
-            channel = self.pool.rest.channels.get(
-                events.conversation_channel(reply.conversation_id)
-            )
-            page = await channel.history(direction="forwards", start=since_ms, limit=1000)
-            while True:
-                for message in page.items:
-                    headers = (message.extras or {}).get("headers") or {}
-                    if headers.get("responseId") != response_id:
-                        continue
-                    part = headers.get("part") or events.Part.TEXT
-                    data = message.data if isinstance(message.data, str) else ""
-                    if message.name in (events.Name.RESPONSE, events.Name.SNAPSHOT):
-                        parts[part] = data
-                        tokens.pop(part, None)
-                    elif message.name == events.Name.TOKEN:
-                        tokens.setdefault(part, {})[int(headers.get("seq", 0))] = data
-                if not page.has_next():
-                    break
-                page = await page.next()
+            history = await self._reply_history(reply)
         except Exception as error:  # noqa: BLE001 - the reply stays interrupted, just textless
-            logger.warning("could not read reply %s back from history: %r", response_id, error)
+            logger.warning(
+                "could not read reply %s back from history: %r", reply.response_id, error
+            )
             return "", ""
+        for message in history:
+            headers = (message.extras or {}).get("headers") or {}
+            part = headers.get("part") or events.Part.TEXT
+            data = message.data if isinstance(message.data, str) else ""
+            if message.name in (events.Name.RESPONSE, events.Name.SNAPSHOT):
+                parts[part] = data
+                tokens.pop(part, None)
+            elif message.name == events.Name.TOKEN:
+                tokens.setdefault(part, {})[int(headers.get("seq", 0))] = data
         for part, pieces in tokens.items():
             parts[part] = parts.get(part, "") + "".join(pieces[seq] for seq in sorted(pieces))
         return parts.get(events.Part.TEXT, ""), parts.get(events.Part.THINKING, "")

@@ -20,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
+from conversations.agent.model import CHARS_PER_TOKEN
 from conversations.models import Attachment, Conversation, Message
 
 # The API's own downscaling before it prices an image (docs: "Images and vision").
@@ -28,7 +29,6 @@ RESIZE_MAX_PIXELS = 1600 * 750
 PIXELS_PER_TOKEN = 750
 # A PDF page costs its text plus an image of the page: 1,500-3,000 tokens (docs: "PDF support").
 PDF_TOKENS_PER_PAGE = 2500
-CHARS_PER_TOKEN = 4
 # The API refuses more than 100 images and PDF pages together in one request.
 MAX_MEDIA_ITEMS = 100
 # Room in the request body for everything that is not a file (system prompt, text turns).

@@ -170,9 +170,9 @@ def describe_failure(error: BaseException, *, mid_stream: bool) -> ModelFailure:
     )
 
 
-# Claude's tokenizer averages about four characters of English prose per token; used only when a
-# stream ended before the API said how many tokens it generated.
-CHARS_PER_TOKEN_ESTIMATE = 4
+# Claude's tokenizer averages about four characters of English prose per token. The one figure
+# behind every estimate the agent makes: output tokens of a stream cut short, context budgets.
+CHARS_PER_TOKEN = 4
 
 
 def estimate_output_tokens(*texts: str) -> int:
@@ -181,7 +181,7 @@ def estimate_output_tokens(*texts: str) -> int:
 
 
 def _tokens_for_chars(chars: int) -> int:
-    return -(-chars // CHARS_PER_TOKEN_ESTIMATE)
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 CACHE_BREAKPOINT = {"type": "ephemeral"}

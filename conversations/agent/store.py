@@ -26,16 +26,14 @@ from django.utils import timezone
 
 from conversations import realtime, tree
 from conversations.agent import attachments
+from conversations.agent.model import CHARS_PER_TOKEN
 from conversations.models import AgentLease, Conversation, Message
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# A rough, dependency-free token estimate (Claude averages ~4 characters per token in English);
-# the budget only has to keep requests well inside the context window.
-CHARS_PER_TOKEN = 4
 
-
+# A rough token estimate: the budget only has to keep requests well inside the context window.
 def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
 

@@ -1,5 +1,6 @@
 // The conversation list: live changes from the user's other devices on `user:<clientId>`.
 
+import { highlight, placeByActivity } from "./list-items.js";
 import { bindConnectionBadge, createRealtime, readConfig, relativeTime } from "./realtime.js";
 
 const config = readConfig();
@@ -62,30 +63,12 @@ function buildItem(change) {
   return item;
 }
 
-function placeByActivity(item) {
-  // Newest activity first, as the server orders it.
-  const updatedAt = item.dataset.updatedAt || "";
-  for (const other of list.querySelectorAll("[data-conversation-id]")) {
-    if (other !== item && (other.dataset.updatedAt || "") < updatedAt) {
-      other.before(item);
-      return;
-    }
-  }
-  list.append(item);
-}
-
-function highlight(item) {
-  item.classList.remove("just-changed");
-  void item.offsetWidth; // restart the animation
-  item.classList.add("just-changed");
-}
-
 function insert(change) {
   if (searching) return; // a search shows matches only; a new conversation has none yet
   let item = itemFor(change.id);
   if (!item) item = buildItem(change);
   if (!item) return;
-  placeByActivity(item);
+  placeByActivity(list, item);
   highlight(item);
 }
 
@@ -115,7 +98,7 @@ function applyChange(change) {
       if (item) {
         if (change.title) setTitle(item, change.title);
         setUpdatedAt(item, change.updatedAt);
-        placeByActivity(item);
+        placeByActivity(list, item);
       } else if (belongsHere) {
         insert(change);
       }

@@ -2,6 +2,7 @@
 // across devices through `user:<clientId>` (as on the list page), with a title filter and the
 // archived ones in their own section. On a phone it is a slide-over behind a toggle.
 
+import { highlight, placeByActivity } from "./list-items.js";
 import { relativeTime } from "./realtime.js";
 
 const PHONE_QUERY = "(max-width: 899px)";
@@ -61,23 +62,8 @@ export function mountSidebar(realtime, config, hooks = {}) {
   }
 
   function place(item, archived) {
-    // Newest activity first, as the server orders it.
-    const list = archived ? lists.archived : lists.active;
     item.dataset.archived = archived ? "true" : "false";
-    const updatedAt = item.dataset.updatedAt || "";
-    for (const other of list.querySelectorAll("[data-conversation-id]")) {
-      if (other !== item && (other.dataset.updatedAt || "") < updatedAt) {
-        other.before(item);
-        return;
-      }
-    }
-    list.append(item);
-  }
-
-  function highlight(item) {
-    item.classList.remove("just-changed");
-    void item.offsetWidth; // restart the animation
-    item.classList.add("just-changed");
+    placeByActivity(archived ? lists.archived : lists.active, item);
   }
 
   function refresh() {
