@@ -8,6 +8,7 @@ own ably-js connection, as a second laptop or a phone would have.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -158,10 +159,11 @@ class Device:
         return reply.locator(".turn-text").evaluate("(element) => element.dataset.rawText ?? ''")
 
     def wait_for_reply_text(self, reply: Locator, min_chars: int) -> str:
-        self.page.wait_for_function(
-            """([element, minChars]) => (element.dataset.rawText || '').length >= minChars""",
-            arg=[reply.locator(".turn-text").element_handle(), min_chars],
-            timeout=WAIT_MS,
+        # The locator is resolved again on every poll: right after another device edits or
+        # regenerates, `replies().first` may still be the old version, which is then hidden.
+        # Pinning that element (an element handle) would wait on a reply no longer shown.
+        expect(reply.locator(".turn-text")).to_have_attribute(
+            "data-raw-text", re.compile(rf"^[\s\S]{{{min_chars},}}")
         )
         return self.reply_text(reply)
 
