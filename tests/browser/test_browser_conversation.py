@@ -322,7 +322,8 @@ def test_scrolling_follows_the_stream_unless_the_reader_scrolled_up(
     stack.anthropic.set_pacing(ttft=0.05, tokens_per_second=60)
     device = make_device(alice, viewport={"width": 800, "height": 500})
     device.open_conversation(conversation)
-    prompt = "Say exactly: " + "\n\n".join(long_text(12) for _ in range(20))
+    # Long enough to still be streaming after the reader has scrolled up, on a loaded machine.
+    prompt = "Say exactly: " + "\n\n".join(long_text(12) for _ in range(40))
     device.send(prompt)
     reply = device.replies().first
     page = device.page
