@@ -133,20 +133,23 @@ def split_by_thread(
 ) -> ThreadSplit:
     """Attribute `total_seconds` of a process's CPU (from `common.cpu_seconds`) between two
     `common.thread_cpu_seconds` readings: the main thread (id = pid) runs the event loop; the
-    threads named `database_thread` run the database work; the remainder is "other". A thread
+    threads whose name starts with `database_thread` (`agent-db`, or `agent-db_0` for an
+    executor's `thread_name_prefix`) run the database work; the remainder is "other". A thread
     born during the run counts from zero."""
 
     def used(tid: int) -> float:
         return after[tid][1] - before.get(tid, ("", 0.0))[1]
 
     loop = used(pid) if pid in after else 0.0
-    database = sum(used(tid) for tid, (name, _) in after.items() if name == database_thread)
+    database = sum(
+        used(tid) for tid, (name, _) in after.items() if name.startswith(database_thread)
+    )
     # Per-thread times are the scheduler's nanoseconds, the total /proc's 10 ms ticks: the
     # remainder can dip a tick below zero on a short run.
     other = max(0.0, total_seconds - loop - database)
     by_name: dict[str, float] = {}
     for tid, (name, _) in after.items():
-        if tid != pid and name != database_thread:
+        if tid != pid and not name.startswith(database_thread):
             group = re.sub(r"[-_]?\d+(_\d+)?$", "", name) or name
             by_name[group] = by_name.get(group, 0.0) + used(tid)
     by_name[EXITED_OR_ROUNDING] = max(0.0, other - sum(by_name.values()))
@@ -574,7 +577,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             threads = split_by_thread(
                 publisher.pid, threads_before, threads_after, cpu_after - cpu_before
             )
-            if not any(name == DATABASE_THREAD_NAME for name, _ in threads_after.values()):
+            names = [name for name, _ in threads_after.values()]
+            if not any(name.startswith(DATABASE_THREAD_NAME) for name in names):
                 notes.append(f"no thread named {DATABASE_THREAD_NAME}: DB CPU counted as other")
             counts = [int(m.group(2)) for m in REPLY_LOG.finditer(log)]
             # The agent logs the stream's own messages; + `start` and `stop`.

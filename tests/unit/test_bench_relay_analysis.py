@@ -141,3 +141,10 @@ def test_the_agent_is_measured_in_multiples_of_its_floor():
     assert math.isnan(times_floor(50.0, None))
     idle = FloorOutcome(conversations=2, tokens=1_000, cpu_seconds=0.0, intact=2, wall_seconds=4)
     assert math.isnan(times_floor(50.0, idle))
+
+
+def test_a_database_executor_named_by_its_thread_name_prefix_counts_as_the_database():
+    # ThreadPoolExecutor(thread_name_prefix="agent-db") names its worker `agent-db_0`.
+    after = {100: ("python", 1.0), 101: ("agent-db_0", 2.0)}
+    split = split_by_thread(100, {}, after, total_seconds=3.0)
+    assert (split.loop, split.database, split.other) == (1.0, 2.0, 0.0)
