@@ -13,6 +13,12 @@ checked against the exact expected text: duplicated, reordered and lost (deltas 
 arrived in order) must all be 0. Published messages per reply come from the publisher (the
 agent's own per-reply log line, + its `start` and `stop`), CPU from /proc.
 
+The agent's CPU is also split by thread (/proc/<pid>/task: the event loop is the main thread,
+the database is the thread `bench.agent_process` names `agent-db`, the rest is everything else)
+and set against its floor, measured in the same run: `bench.stream_floor` reading the same N
+stand-in streams (same prompts, text and pacing) with the agent's HTTP library and json-parsing
+every event, and nothing else. "x floor" is the agent's CPU per token over the floor's.
+
 "Under the production limits" means the run finished with every reply complete and intact and
 no publish or attach refused by the stand-in's per-connection limits (50 msg/s, 200 channels).
 """
@@ -34,6 +40,7 @@ from typing import Any
 import httpx
 
 from bench import common
+from bench.agent_process import DATABASE_THREAD_NAME
 from bench.rawably import RawAblyClient, RawAblyError, open_clients
 
 TOKENS_PER_SECOND = 80.0
@@ -96,6 +103,92 @@ class Scenario:
         return f"{self.publisher} ({self.variant})" if self.variant else self.publisher
 
 
+# What the remainder holds beyond the named live threads: threads that exited during the run,
+# and /proc's rounding of the process total.
+EXITED_OR_ROUNDING = "exited/rounding"
+
+
+@dataclass(frozen=True)
+class ThreadSplit:
+    """A process's CPU seconds over a run, by thread: its event loop, its database thread, the
+    rest ("other"), and the rest by thread name, numbered names grouped (`uvloop`: the loop's
+    default-executor workers, where `asyncio.to_thread` runs; `libuv-worker`: libuv's pool)."""
+
+    loop: float
+    database: float
+    other: float
+    other_by_name: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def unmeasured(cls) -> ThreadSplit:
+        return cls(math.nan, math.nan, math.nan)
+
+
+def split_by_thread(
+    pid: int,
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    total_seconds: float,
+    database_thread: str = DATABASE_THREAD_NAME,
+) -> ThreadSplit:
+    """Attribute `total_seconds` of a process's CPU (from `common.cpu_seconds`) between two
+    `common.thread_cpu_seconds` readings: the main thread (id = pid) runs the event loop; the
+    threads whose name starts with `database_thread` (`agent-db`, or `agent-db_0` for an
+    executor's `thread_name_prefix`) run the database work; the remainder is "other". A thread
+    born during the run counts from zero."""
+
+    def used(tid: int) -> float:
+        return after[tid][1] - before.get(tid, ("", 0.0))[1]
+
+    loop = used(pid) if pid in after else 0.0
+    database = sum(
+        used(tid) for tid, (name, _) in after.items() if name.startswith(database_thread)
+    )
+    # Per-thread times are the scheduler's nanoseconds, the total /proc's 10 ms ticks: the
+    # remainder can dip a tick below zero on a short run.
+    other = max(0.0, total_seconds - loop - database)
+    by_name: dict[str, float] = {}
+    for tid, (name, _) in after.items():
+        if tid != pid and not name.startswith(database_thread):
+            group = re.sub(r"[-_]?\d+(_\d+)?$", "", name) or name
+            by_name[group] = by_name.get(group, 0.0) + used(tid)
+    by_name[EXITED_OR_ROUNDING] = max(0.0, other - sum(by_name.values()))
+    return ThreadSplit(loop, database, other, by_name)
+
+
+@dataclass
+class FloorOutcome:
+    """The stream floor at N: what merely reading N stand-in streams cost."""
+
+    conversations: int
+    tokens: int
+    cpu_seconds: float
+    intact: int  # replies read whole (the exact expected text)
+    wall_seconds: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_us_per_token(self) -> float:
+        return self.cpu_seconds / self.tokens * 1e6 if self.tokens else math.nan
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "conversations": self.conversations,
+            "tokens": self.tokens,
+            "cpu_us_per_token": self.cpu_us_per_token,
+            "intact": self.intact,
+            "wall_seconds": self.wall_seconds,
+            "errors": self.errors,
+        }
+
+
+def times_floor(agent_us_per_token: float, floor: FloorOutcome | None) -> float:
+    """The agent's CPU per token as a multiple of the floor's (NaN without a usable floor)."""
+    if floor is None or not floor.cpu_us_per_token > 0:
+        return math.nan
+    return agent_us_per_token / floor.cpu_us_per_token
+
+
 @dataclass
 class Outcome:
     scenario: Scenario
@@ -116,6 +209,10 @@ class Outcome:
     wall_seconds: float
     # The agent's worst event-loop lag while the replies streamed (nan for the naive publisher).
     loop_lag_ms: float = math.nan
+    # The agent's CPU by thread (unmeasured for the naive publisher, which has no database).
+    threads: ThreadSplit = field(default_factory=ThreadSplit.unmeasured)
+    # The stream floor at this N, measured in the same benchmark run (agent runs only).
+    floor: FloorOutcome | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,7 +235,16 @@ class Outcome:
     def cpu_us_per_token(self) -> float:
         return self.cpu_seconds / self.tokens * 1e6 if self.tokens else math.nan
 
+    def us_per_token(self, seconds: float) -> float:
+        return seconds / self.tokens * 1e6 if self.tokens else math.nan
+
+    @property
+    def db_ms_per_reply(self) -> float:
+        """Database-thread CPU per reply (one reply per conversation)."""
+        return self.threads.database / self.scenario.conversations * 1e3
+
     def figures(self) -> dict[str, Any]:
+        floor_us = self.floor.cpu_us_per_token if self.floor else math.nan
         return {
             "publisher": self.scenario.publisher,
             "label": self.scenario.label,
@@ -164,6 +270,16 @@ class Outcome:
             "within_limits": self.within_limits,
             "wall_seconds": self.wall_seconds,
             "loop_lag_ms": self.loop_lag_ms,
+            "loop_us_per_token": self.us_per_token(self.threads.loop),
+            "db_us_per_token": self.us_per_token(self.threads.database),
+            "other_us_per_token": self.us_per_token(self.threads.other),
+            "other_us_per_token_by_thread": {
+                name: self.us_per_token(seconds)
+                for name, seconds in self.threads.other_by_name.items()
+            },
+            "db_cpu_ms_per_reply": self.db_ms_per_reply,
+            "floor_us_per_token": floor_us,
+            "agent_floor_ratio": times_floor(self.cpu_us_per_token, self.floor),
             "notes": self.notes,
         }
 
@@ -173,8 +289,8 @@ class Outcome:
 
 def analyse_device(
     view: DeviceView, expected: str, emissions: Sequence[tuple[float, int]], *, seq_per_delta: bool
-) -> tuple[list[float], int, int, int]:
-    """(latencies ms, lost deltas, duplicated fragments, reordered fragments) for one device."""
+) -> tuple[list[float], int, int, int, int]:
+    """(latencies ms, lost deltas, duplicated, reordered and repaired fragments) for one device."""
     arrivals: list[tuple[float, int]] = []  # (time, text complete up to this offset)
     duplicated = reordered = repaired = 0
     if seq_per_delta:
@@ -252,7 +368,7 @@ def analyse_device(
 
 def peak_concurrency(replies: Sequence[dict[str, Any]]) -> tuple[int, float]:
     """Most streams emitting at once, and the median per-stream token rate achieved."""
-    from emulators.anthropic.core import count_tokens
+    from emulators.anthropic.tokens import count_tokens
 
     edges: list[tuple[float, int]] = []
     rates: list[float] = []
@@ -334,25 +450,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
     with common.services() as started:
         ably, ably_port = common.start_ably(workdir)
         started.append(ably)
-        tap_port = common.free_port()
-        tap = common.Service(
-            "anthropic",
-            [
-                common.PYTHON,
-                "-m",
-                "bench.anthropic_tap",
-                "--port",
-                str(tap_port),
-                "--tokens-per-second",
-                str(TOKENS_PER_SECOND),
-                "--ttft-ms",
-                str(TTFT_MS),
-            ],
-            workdir,
-        )
+        tap, anthropic_url = _start_tap(workdir)
         started.append(tap)
-        common.wait_for_port(tap_port, tap.process, 30, tap.log_path)
-        anthropic_url = f"http://127.0.0.1:{tap_port}"
         env = {
             **base_env,
             "ABLY_ENDPOINT": f"http://127.0.0.1:{ably_port}",
@@ -423,6 +522,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                 await http.post("/_bench/reset")
             rss_before = common.rss_bytes(publisher.pid)
             cpu_before = common.cpu_seconds(publisher.pid)
+            threads_before = common.thread_cpu_seconds(publisher.pid)
             log_before = len(publisher.output())
             peak = [rss_before]
             sampling = asyncio.Event()
@@ -441,6 +541,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                 )
             wall = time.monotonic() - started_at
             cpu_after = common.cpu_seconds(publisher.pid)
+            threads_after = common.thread_cpu_seconds(publisher.pid)
             sampling.set()
             await sampler
             async with httpx.AsyncClient(base_url=anthropic_url, timeout=60) as http:
@@ -449,6 +550,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
         loop_lag_ms = math.nan
+        threads = ThreadSplit.unmeasured()
         if scenario.publisher == "naive":
             publisher.process.wait(30)
             tally = json.loads(publisher.output().strip().splitlines()[-1])
@@ -472,6 +574,12 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                 float(m.group(1)) for m in LOOP_LAG_LOG.finditer(publisher.output()[log_before:])
             ]
             loop_lag_ms = max(lags, default=math.nan)
+            threads = split_by_thread(
+                publisher.pid, threads_before, threads_after, cpu_after - cpu_before
+            )
+            names = [name for name, _ in threads_after.values()]
+            if not any(name.startswith(DATABASE_THREAD_NAME) for name in names):
+                notes.append(f"no thread named {DATABASE_THREAD_NAME}: DB CPU counted as other")
             counts = [int(m.group(2)) for m in REPLY_LOG.finditer(log)]
             # The agent logs the stream's own messages; + `start` and `stop`.
             published_per_reply = (sum(counts) + 2 * len(counts)) / max(1, len(counts))
@@ -485,7 +593,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
     lost = duplicated = reordered = incomplete = repaired = 0
     delivered = 0
     tokens = 0
-    from emulators.anthropic.core import count_tokens
+    from emulators.anthropic.tokens import count_tokens
 
     for index, text in enumerate(texts):
         reply = by_text.get(text)
@@ -529,7 +637,87 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         peak_streams=peak_streams,
         wall_seconds=wall,
         loop_lag_ms=loop_lag_ms,
+        threads=threads,
         notes=notes,
+    )
+
+
+def _start_tap(workdir: Path) -> tuple[common.Service, str]:
+    """The Anthropic stand-in behind the emission tap, at the benchmark's pacing; its URL."""
+    port = common.free_port()
+    tap = common.Service(
+        "anthropic",
+        [
+            common.PYTHON,
+            "-m",
+            "bench.anthropic_tap",
+            "--port",
+            str(port),
+            "--tokens-per-second",
+            str(TOKENS_PER_SECOND),
+            "--ttft-ms",
+            str(TTFT_MS),
+        ],
+        workdir,
+    )
+    try:
+        common.wait_for_port(port, tap.process, 30, tap.log_path)
+    except common.BenchError:
+        tap.stop()
+        raise
+    return tap, f"http://127.0.0.1:{port}"
+
+
+async def run_floor(conversations: int, reply_tokens: int, workdir: Path) -> FloorOutcome:
+    """`bench.stream_floor` reading `conversations` streams of the same prompts and pacing the
+    agent gets; its CPU from /proc between the go and the end of the last stream."""
+    from emulators.anthropic.tokens import count_tokens
+
+    texts = [reply_text(i, reply_tokens) for i in range(conversations)]
+    jobs = workdir / "floor-jobs.json"
+    jobs.write_text(json.dumps([{"prompt": f"Say exactly: {text}"} for text in texts]))
+    expected_seconds = TTFT_MS / 1000 + reply_tokens / TOKENS_PER_SECOND
+    deadline_seconds = 60 + expected_seconds * 3 + conversations * 0.12
+    with common.services() as started:
+        tap, anthropic_url = _start_tap(workdir)
+        started.append(tap)
+        floor = common.Service(
+            "floor",
+            [
+                common.PYTHON,
+                "-m",
+                "bench.stream_floor",
+                "--anthropic-url",
+                anthropic_url,
+                "--jobs",
+                str(jobs),
+            ],
+            workdir,
+        )
+        started.append(floor)
+        await asyncio.to_thread(floor.wait_for_output, "ready", 60)
+        # The floor is one busy thread (and an idle one waiting on stdin): its threads' scheduler
+        # time is its CPU, to the nanosecond (/proc's ticks are too coarse for --tiny).
+        threads_before = common.thread_cpu_seconds(floor.pid)
+        started_at = time.monotonic()
+        floor.command("go")
+        # The tally is the JSON line after `ready`.
+        await asyncio.to_thread(floor.wait_for_output, '{"texts"', deadline_seconds)
+        threads_after = common.thread_cpu_seconds(floor.pid)
+        wall = time.monotonic() - started_at
+        tally = json.loads(floor.output().strip().splitlines()[-1])
+        floor.command("quit")
+    received: list[str] = tally["texts"]
+    return FloorOutcome(
+        conversations=conversations,
+        tokens=sum(count_tokens(text) for text in received),
+        cpu_seconds=sum(
+            seconds - threads_before.get(tid, ("", 0.0))[1]
+            for tid, (_, seconds) in threads_after.items()
+        ),
+        intact=sum(got == want for got, want in zip(received, texts, strict=True)),
+        wall_seconds=wall,
+        errors=tally["errors"],
     )
 
 
@@ -629,9 +817,13 @@ async def _publish_prompts(
 
 
 LATENCY_NS = (10, 30, 100)
-FLOOR_NS = (10, 30)
+# The latency floor: a connection per conversation and no flush window.
+LATENCY_FLOOR_NS = (10, 30)
 REPLIES_PER_CONNECTION_AT_FULL_PACE = 2
 LATENCY_TARGET_MS = 50.0
+# Issue 14: the agent at most this many times its stream floor's CPU per token at N >= 100.
+FLOOR_RATIO_TARGET = 2.0
+FLOOR_RATIO_TARGET_FROM_N = 100
 
 
 def agent_connections(conversations: int) -> int:
@@ -670,6 +862,19 @@ async def bench(
     naive_ns = default_naive_ns if naive_ns is None else naive_ns
     outcomes: list[Outcome] = []
     skipped: list[int] = []
+    floors: dict[int, FloorOutcome] = {}
+
+    async def floor_at(n: int) -> FloorOutcome:
+        # One floor per N, measured right after the first agent run at that N, so both see the
+        # machine in much the same state.
+        if n not in floors:
+            common.note(f"stream floor: {n} conversations ...")
+            floors[n] = floor = await run_floor(n, reply_tokens, workdir)
+            common.note(
+                f"  -> {common.fmt(floor.cpu_us_per_token)} us CPU/token, "
+                f"{floor.intact}/{n} replies read whole, {floor.wall_seconds:.0f}s"
+            )
+        return floors[n]
 
     async def measure(scenario: Scenario) -> Outcome:
         common.note(
@@ -679,6 +884,8 @@ async def bench(
         outcome = await run_scenario(scenario, env, workdir)
         outcomes.append(outcome)
         _progress(outcome)
+        if scenario.publisher == "agent":
+            outcome.floor = await floor_at(scenario.conversations)
         return outcome
 
     for n in agent_ns:
@@ -690,14 +897,14 @@ async def bench(
     if not tiny:
         # Latency is a matter of connections: Ably allows 50 msg/s per connection and a reply
         # flushed every 50 ms wants 20, so a connection carries two replies at full pace. Then
-        # the floor: a connection each and no flush window, every delta sent as it comes
+        # the latency floor: a connection each and no flush window, every delta sent as it comes
         # (27 msg/s per reply, within the limit), i.e. the naive publisher's message count.
         for n in LATENCY_NS:
             connections = math.ceil(n / REPLIES_PER_CONNECTION_AT_FULL_PACE)
             await measure(
                 Scenario("agent", n, reply_tokens, connections=connections, variant="2 conv/conn")
             )
-        for n in FLOOR_NS:
+        for n in LATENCY_FLOOR_NS:
             await measure(
                 Scenario(
                     "agent",
@@ -768,6 +975,26 @@ async def bench(
     for o in outcomes:
         for text in o.notes:
             common.note(f"  note ({o.scenario.publisher}, N={o.scenario.conversations}): {text}")
+    agent_runs = [o for o in outcomes if o.scenario.publisher == "agent"]
+    _print_floor_table(agent_runs)
+    for o in agent_runs:
+        by_thread = o.figures()["other_us_per_token_by_thread"]
+        common.note(
+            f"  other threads ({o.scenario.label}, N={o.scenario.conversations}), us/token: "
+            + (
+                ", ".join(
+                    f"{name} {common.fmt(us)}"
+                    for name, us in sorted(by_thread.items(), key=lambda item: -item[1])
+                )
+                or "-"
+            )
+        )
+    for n, floor in sorted(floors.items()):
+        if floor.intact < n or floor.errors:
+            common.note(
+                f"  note (stream floor, N={n}): {floor.intact}/{n} replies read whole"
+                + (f"; {floor.errors[0]}" if floor.errors else "")
+            )
 
     default_agent = [
         o for o in outcomes if o.scenario.publisher == "agent" and not o.scenario.variant
@@ -797,6 +1024,8 @@ async def bench(
         "naive_max_n": naive_max,
         "ratio": ratio,
         "skipped_agent_n": skipped,
+        "floor_runs": [floor.figures() for _, floor in sorted(floors.items())],
+        "agent_floor_ratio": times_floor(largest.cpu_us_per_token, largest.floor),
     }
     summary = (
         f"agent carries {agent_max} conversations within limits vs naive {naive_max} "
@@ -813,6 +1042,7 @@ async def bench(
             if fastest_max
             else "none measured"
         )
+        + f"; {_floor_summary(largest)}"
     )
     # The machine-independent ceiling: how many 80 tokens/s replies one core of agent CPU carries.
     cheapest = min((o.cpu_us_per_token for o in default_agent), default=math.nan)
@@ -822,7 +1052,74 @@ async def bench(
         f"  agent CPU: {common.fmt(cheapest)} us/token at best = about {common.fmt(per_core, 0)} "
         f"concurrent {TOKENS_PER_SECOND:.0f} tokens/s replies per core of agent CPU"
     )
+    for o in default_agent:
+        if o.scenario.conversations >= FLOOR_RATIO_TARGET_FROM_N:
+            ratio_at_n = times_floor(o.cpu_us_per_token, o.floor)
+            met = "met" if ratio_at_n <= FLOOR_RATIO_TARGET else "NOT met"
+            common.note(
+                f"  agent vs floor at N={o.scenario.conversations}: {_floor_summary(o)} "
+                f"(target <= {FLOOR_RATIO_TARGET:.0f}x at N >= {FLOOR_RATIO_TARGET_FROM_N}: {met})"
+            )
     return common.BenchResult("agent_relay", summary, figures)
+
+
+def _floor_summary(o: Outcome) -> str:
+    """One agent run against its floor, in words: the ratio and where the agent's CPU went."""
+    f = o.figures()
+    return (
+        f"{common.fmt(f['agent_floor_ratio'])}x its stream floor at "
+        f"N={o.scenario.conversations} ({common.fmt(f['cpu_us_per_token'])} vs "
+        f"{common.fmt(f['floor_us_per_token'])} us CPU/token; loop "
+        f"{common.fmt(f['loop_us_per_token'])} + DB {common.fmt(f['db_us_per_token'])} + other "
+        f"{common.fmt(f['other_us_per_token'])}), DB {common.fmt(f['db_cpu_ms_per_reply'])} ms "
+        f"CPU/reply, worst loop lag {common.fmt(f['loop_lag_ms'])} ms"
+    )
+
+
+def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
+    """The agent's CPU per token by thread, beside the stream floor's at the same N."""
+    rows = []
+    for o in agent_runs:
+        f = o.figures()
+        rows.append(
+            [
+                f["label"],
+                f["conversations"],
+                f["connections"],
+                f["cpu_us_per_token"],
+                f["loop_us_per_token"],
+                f["db_us_per_token"],
+                f["other_us_per_token"],
+                f["floor_us_per_token"],
+                f["agent_floor_ratio"],
+                f["db_cpu_ms_per_reply"],
+                f["published_per_reply"],
+                f["p50_ms"],
+                f["p99_ms"],
+                f["loop_lag_ms"],
+            ]
+        )
+    common.print_table(
+        "Agent CPU by thread against its stream floor (same stand-in streams, aiohttp + "
+        "json.loads per event, nothing else; same run)",
+        [
+            "publisher",
+            "N",
+            "conns",
+            "CPU us/token",
+            "loop",
+            "DB",
+            "other",
+            "floor us/token",
+            "x floor",
+            "DB CPU ms/reply",
+            "published/reply",
+            "p50 ms",
+            "p99 ms",
+            "worst loop lag ms",
+        ],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> common.BenchResult:

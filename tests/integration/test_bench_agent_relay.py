@@ -1,7 +1,8 @@
 """The agent relay benchmark, once in its tiny configuration, so it cannot rot.
 
 Not a timing test: it checks the benchmark ran end to end and its figures are sane (every reply
-arrived whole at every device, latencies were measured, the ratio was computed).
+arrived whole at every device, latencies were measured, the ratios were computed, the agent's
+CPU was split by thread and its stream floor read every stream whole).
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
         # start + the response create + at least one append + stop.
         assert run["published_per_reply"] >= 4
         assert run["tokens"] > 0 and run["cpu_us_per_token"] > 0
+        # The CPU split by thread and the floor beside it: present and numbers (never judged).
+        for key in (
+            "loop_us_per_token",
+            "db_us_per_token",
+            "other_us_per_token",
+            "db_cpu_ms_per_reply",
+            "floor_us_per_token",
+            "agent_floor_ratio",
+            "loop_lag_ms",
+        ):
+            assert math.isfinite(run[key]), (key, run)
+        assert all(math.isfinite(us) for us in run["other_us_per_token_by_thread"].values())
+        # The database thread was found by its name (else its CPU would hide in "other").
+        assert not any("agent-db" in note for note in run["notes"]), run["notes"]
+    # The floor read every stream whole, at every N the agent ran.
+    floors = {floor["conversations"]: floor for floor in figures["floor_runs"]}
+    assert set(floors) == {run["conversations"] for run in agent_runs}
+    for n, floor in floors.items():
+        assert floor["intact"] == n and not floor["errors"], floor
+        assert floor["tokens"] > 0
+    assert math.isfinite(figures["agent_floor_ratio"])
     # One naive conversation stays under 50 msg/s and arrives whole.
     first_naive = naive_runs[0]
     assert first_naive["conversations"] == 1
@@ -54,3 +76,5 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
     assert first_naive["within_limits"]
     assert figures["naive_max_n"] >= 1
     assert "lost/dup/reord" in stdout
+    for column in ("floor us/token", "x floor", "DB CPU ms/reply", "worst loop lag ms"):
+        assert column in stdout

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bench.agent_relay import DeviceView, analyse_device, reply_text
+import math
+
+from bench.agent_relay import (
+    EXITED_OR_ROUNDING,
+    DeviceView,
+    FloorOutcome,
+    analyse_device,
+    reply_text,
+    split_by_thread,
+    times_floor,
+)
 
 EXPECTED = "Hello there, world."
 # The stand-in emitted three deltas, ending at these offsets, at t = 10.0, 10.1, 10.2 s.
@@ -96,3 +106,45 @@ def test_the_runner_writes_a_runs_output_into_the_docs_block(tmp_path):
     assert "old" not in text
     assert "```text\n# make bench: today\nSUMMARY x: fine\n```" in text
     assert text.endswith("## Method\n")
+
+
+def test_cpu_is_split_into_event_loop_database_and_the_rest_by_thread():
+    pid = 100
+    before = {100: ("python", 1.0), 101: ("agent-db", 0.5), 102: ("uvloop_0", 0.1)}
+    after = {
+        100: ("python", 3.0),
+        101: ("agent-db", 1.5),
+        102: ("uvloop_0", 0.3),
+        103: ("uvloop_1", 0.2),  # started during the run: counts from zero
+    }
+    # The process total also holds 0.1 s of a thread that exited during the run.
+    split = split_by_thread(pid, before, after, total_seconds=3.5)
+    assert (split.loop, split.database) == (2.0, 1.0)
+    assert math.isclose(split.other, 0.5)
+    # Numbered workers are grouped under one name; the remainder is named for what it is.
+    assert set(split.other_by_name) == {"uvloop", EXITED_OR_ROUNDING}
+    assert math.isclose(split.other_by_name["uvloop"], 0.4)
+    assert math.isclose(split.other_by_name[EXITED_OR_ROUNDING], 0.1)
+
+
+def test_an_unnamed_database_thread_leaves_its_time_in_other():
+    after = {100: ("python", 1.0), 101: ("python", 2.0)}
+    split = split_by_thread(100, {}, after, total_seconds=3.0)
+    assert (split.loop, split.database, split.other) == (1.0, 0.0, 2.0)
+
+
+def test_the_agent_is_measured_in_multiples_of_its_floor():
+    floor = FloorOutcome(conversations=2, tokens=1_000, cpu_seconds=0.02, intact=2, wall_seconds=4)
+    assert math.isclose(floor.cpu_us_per_token, 20.0)
+    assert math.isclose(times_floor(50.0, floor), 2.5)
+    # No floor, or a floor that measured no CPU: no ratio rather than an infinite one.
+    assert math.isnan(times_floor(50.0, None))
+    idle = FloorOutcome(conversations=2, tokens=1_000, cpu_seconds=0.0, intact=2, wall_seconds=4)
+    assert math.isnan(times_floor(50.0, idle))
+
+
+def test_a_database_executor_named_by_its_thread_name_prefix_counts_as_the_database():
+    # ThreadPoolExecutor(thread_name_prefix="agent-db") names its worker `agent-db_0`.
+    after = {100: ("python", 1.0), 101: ("agent-db_0", 2.0)}
+    split = split_by_thread(100, {}, after, total_seconds=3.0)
+    assert (split.loop, split.database, split.other) == (1.0, 2.0, 0.0)
