@@ -11,8 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from csp.constants import NONE, SELF
+
+# `ModelAdmin[Conversation]` and the like, as django-stubs types them, at run time too.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
