@@ -34,7 +34,7 @@ class LoginThrottleBackend(AxesStandaloneBackend):
     def authenticate(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
         if request is None:
             return None
-        # Axes' backend authenticates no one: it returns nothing, or raises for a locked-out request.
+        # Axes' backend authenticates no one: it returns nothing or, when locked out, raises.
         super().authenticate(request, *args, **kwargs)
         return None
 

@@ -42,7 +42,7 @@ PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 
 
 def _get_conversation_for_user(
-    user: Any, conversation_id: uuid.UUID | str, *, write: bool = True
+    user: User, conversation_id: uuid.UUID | str, *, write: bool = True
 ) -> Conversation:
     """The one place that decides who may see a conversation.
 
