@@ -40,6 +40,7 @@ test: install chromium
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy conversations chatsite
 
 fmt: install
 	$(VENV)/bin/ruff format .

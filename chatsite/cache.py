@@ -9,12 +9,21 @@ only the pool's, so one per pool behaves the same. `settings.CACHES` picks this 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends import redis
 
+if TYPE_CHECKING:
+    from redis import ConnectionPool, Redis
+
 
 class RedisCacheClient(redis.RedisCacheClient):
+    if TYPE_CHECKING:
+        # Django's private members this builds on (django-stubs describes only the public API).
+        _client: type[Redis]
+
+        def _get_connection_pool(self, write: bool) -> ConnectionPool: ...
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._clients: dict[int, Any] = {}

@@ -12,6 +12,7 @@ debug page in development (that is raised while resolving, before any view runs)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from csp.middleware import CSPMiddleware, PolicyParts
@@ -40,7 +41,7 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
 
 
 class ProductErrorPagesMiddleware:
-    def __init__(self, get_response):  # noqa: ANN001 - Django's middleware protocol
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:

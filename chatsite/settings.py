@@ -11,8 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from csp.constants import NONE, SELF
+
+# `ModelAdmin[Conversation]` and the like, as django-stubs types them, at run time too.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,12 +28,12 @@ DEV_ABLY_API_KEY = "devapp.devkey:dev-secret-change-me"
 LOCAL_ABLY_ENDPOINT = "http://127.0.0.1:8788"
 LOCAL_ANTHROPIC_BASE_URL = "http://127.0.0.1:8789"
 
-DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str(
+DEBUG: bool = env.bool("DEBUG", default=False)
+SECRET_KEY: str = env.str(
     "SECRET_KEY", default="insecure-dev-secret-key-change-me-in-production-0123456789"
 )
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -122,11 +126,11 @@ AUTHENTICATION_BACKENDS = [
 # Failed log-ins are counted per account and, separately, per client IP; reaching the limit on
 # either locks it (the right password included) for LOGIN_LOCKOUT_MINUTES. Staff unlock early in
 # the admin ("Access attempts"). Failures are forgotten LOGIN_LOCKOUT_MINUTES after the last one.
-LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
-LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+LOGIN_FAILURE_LIMIT: int = env.int("LOGIN_FAILURE_LIMIT", default=10)
+LOGIN_LOCKOUT_MINUTES: int = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
 # Reverse proxies in front of the web server whose X-Forwarded-For is trusted for the client IP
 # (0: REMOTE_ADDR, which a client cannot forge). Behind a proxy set it, or every user shares it.
-LOGIN_TRUSTED_PROXY_COUNT = env.int("LOGIN_TRUSTED_PROXY_COUNT", default=0)
+LOGIN_TRUSTED_PROXY_COUNT: int = env.int("LOGIN_TRUSTED_PROXY_COUNT", default=0)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_FAILURE_LIMIT = "conversations.throttling.failure_limit"
 AXES_COOLOFF_TIME = "conversations.throttling.cool_off"
@@ -141,7 +145,7 @@ AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "conversations:list"
 LOGOUT_REDIRECT_URL = "login"
-SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+SIGNUP_ENABLED: bool = env.bool("SIGNUP_ENABLED", default=False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -186,11 +190,11 @@ STORAGES = {
 }
 
 # Security: strict by default in production (DEBUG off and HTTPS asserted by the deployer).
-SECURE_HTTPS = env.bool("SECURE_HTTPS", default=False)
+SECURE_HTTPS: bool = env.bool("SECURE_HTTPS", default=False)
 SESSION_COOKIE_SECURE = SECURE_HTTPS
 CSRF_COOKIE_SECURE = SECURE_HTTPS
 SECURE_SSL_REDIRECT = SECURE_HTTPS
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if SECURE_HTTPS else 0)
+SECURE_HSTS_SECONDS: int = env.int("SECURE_HSTS_SECONDS", default=31536000 if SECURE_HTTPS else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HTTPS
 SECURE_HSTS_PRELOAD = SECURE_HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE_HTTPS else None
@@ -221,52 +225,58 @@ CONTENT_SECURITY_POLICY = {
 # --- Ably -------------------------------------------------------------------------------------
 # Without ABLY_API_KEY in the environment the site uses the local stand-in's development key and
 # endpoint. With a real key and no ABLY_ENDPOINT, both SDKs talk to real Ably.
-_ably_key_from_env = env.str("ABLY_API_KEY", default="")
+_ably_key_from_env: str = env.str("ABLY_API_KEY", default="")
 ABLY_API_KEY = _ably_key_from_env or DEV_ABLY_API_KEY
 # One setting points ably-js (browser) and ably-python (Django, agent) at a non-default endpoint,
 # as a URL: http://host:port for a plain stand-in. Empty means Ably's own production endpoint.
-ABLY_ENDPOINT = env.str("ABLY_ENDPOINT", default="" if _ably_key_from_env else LOCAL_ABLY_ENDPOINT)
-ABLY_TOKEN_TTL_SECONDS = env.int("ABLY_TOKEN_TTL_SECONDS", default=3600)
-ABLY_AGENT_CLIENT_ID = env.str("ABLY_AGENT_CLIENT_ID", default="agent")
+ABLY_ENDPOINT: str = env.str(
+    "ABLY_ENDPOINT", default="" if _ably_key_from_env else LOCAL_ABLY_ENDPOINT
+)
+ABLY_TOKEN_TTL_SECONDS: int = env.int("ABLY_TOKEN_TTL_SECONDS", default=3600)
+ABLY_AGENT_CLIENT_ID: str = env.str("ABLY_AGENT_CLIENT_ID", default="agent")
 # clientId of publishes made by Django itself (title changes, list updates).
-ABLY_SERVER_CLIENT_ID = env.str("ABLY_SERVER_CLIENT_ID", default="server")
+ABLY_SERVER_CLIENT_ID: str = env.str("ABLY_SERVER_CLIENT_ID", default="server")
 
 # --- Anthropic --------------------------------------------------------------------------------
-_anthropic_key_from_env = env.str("ANTHROPIC_API_KEY", default="")
+_anthropic_key_from_env: str = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_API_KEY = _anthropic_key_from_env or "local-stand-in-key"
-ANTHROPIC_BASE_URL = env.str(
+ANTHROPIC_BASE_URL: str = env.str(
     "ANTHROPIC_BASE_URL", default="" if _anthropic_key_from_env else LOCAL_ANTHROPIC_BASE_URL
 )
-CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-sonnet-5-5")
-CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=4096)
-CLAUDE_SYSTEM_PROMPT = env.str(
+CLAUDE_MODEL: str = env.str("CLAUDE_MODEL", default="claude-sonnet-5-5")
+CLAUDE_MAX_TOKENS: int = env.int("CLAUDE_MAX_TOKENS", default=4096)
+CLAUDE_SYSTEM_PROMPT: str = env.str(
     "CLAUDE_SYSTEM_PROMPT",
     default="You are Claude, a helpful assistant. Answer clearly; use Markdown where it helps.",
 )
-CLAUDE_CONTEXT_TOKEN_BUDGET = env.int("CLAUDE_CONTEXT_TOKEN_BUDGET", default=100_000)
+CLAUDE_CONTEXT_TOKEN_BUDGET: int = env.int("CLAUDE_CONTEXT_TOKEN_BUDGET", default=100_000)
 
 # --- Attachments ------------------------------------------------------------------------------
 # Defaults are the Messages API's own limits, so a file we accept is one Claude accepts. The API
 # measures images and whole requests on the base64 text, which is 4/3 of the file: 5 MB of
 # base64 is a 3.75 MiB image, and a 32 MB request holds at most 24 MiB of files.
-ATTACHMENT_MAX_IMAGE_BYTES = env.int("ATTACHMENT_MAX_IMAGE_BYTES", default=5 * 1024 * 1024 * 3 // 4)
-ATTACHMENT_MAX_IMAGE_SIDE = env.int("ATTACHMENT_MAX_IMAGE_SIDE", default=8000)
-ATTACHMENT_MAX_PDF_BYTES = env.int("ATTACHMENT_MAX_PDF_BYTES", default=32 * 1024 * 1024)
-ATTACHMENT_MAX_PDF_PAGES = env.int("ATTACHMENT_MAX_PDF_PAGES", default=100)
+ATTACHMENT_MAX_IMAGE_BYTES: int = env.int(
+    "ATTACHMENT_MAX_IMAGE_BYTES", default=5 * 1024 * 1024 * 3 // 4
+)
+ATTACHMENT_MAX_IMAGE_SIDE: int = env.int("ATTACHMENT_MAX_IMAGE_SIDE", default=8000)
+ATTACHMENT_MAX_PDF_BYTES: int = env.int("ATTACHMENT_MAX_PDF_BYTES", default=32 * 1024 * 1024)
+ATTACHMENT_MAX_PDF_PAGES: int = env.int("ATTACHMENT_MAX_PDF_PAGES", default=100)
 # Text and code files go to Claude as text; 512 KiB is ~130k tokens, already past most budgets.
-ATTACHMENT_MAX_TEXT_BYTES = env.int("ATTACHMENT_MAX_TEXT_BYTES", default=512 * 1024)
-ATTACHMENT_MAX_FILES_PER_PROMPT = env.int("ATTACHMENT_MAX_FILES_PER_PROMPT", default=20)
+ATTACHMENT_MAX_TEXT_BYTES: int = env.int("ATTACHMENT_MAX_TEXT_BYTES", default=512 * 1024)
+ATTACHMENT_MAX_FILES_PER_PROMPT: int = env.int("ATTACHMENT_MAX_FILES_PER_PROMPT", default=20)
 # The whole Messages request, base64 included (the API's 413 threshold).
-ATTACHMENT_MAX_REQUEST_BYTES = env.int("ATTACHMENT_MAX_REQUEST_BYTES", default=32 * 1024 * 1024)
+ATTACHMENT_MAX_REQUEST_BYTES: int = env.int(
+    "ATTACHMENT_MAX_REQUEST_BYTES", default=32 * 1024 * 1024
+)
 
 # --- Streaming --------------------------------------------------------------------------------
-STREAMING_PATTERN = env.str("STREAMING_PATTERN", default="message-per-response")
+STREAMING_PATTERN: str = env.str("STREAMING_PATTERN", default="message-per-response")
 if STREAMING_PATTERN not in ("message-per-response", "message-per-token"):
     raise environ.ImproperlyConfigured(
         "STREAMING_PATTERN must be 'message-per-response' or 'message-per-token'"
     )
-MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=20_000)
-PROMPT_RATE_LIMIT_PER_MINUTE = env.int("PROMPT_RATE_LIMIT_PER_MINUTE", default=20)
+MAX_PROMPT_CHARS: int = env.int("MAX_PROMPT_CHARS", default=20_000)
+PROMPT_RATE_LIMIT_PER_MINUTE: int = env.int("PROMPT_RATE_LIMIT_PER_MINUTE", default=20)
 
 # e.g. redis://127.0.0.1:6379/1 (Django's own Redis backend). Without it, a per-process cache.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
@@ -280,7 +290,7 @@ _PROCESS_LOCAL_CACHES = (
     "django.core.cache.backends.locmem.LocMemCache",
     "django.core.cache.backends.dummy.DummyCache",
 )
-SESSION_ENGINE = env.str(
+SESSION_ENGINE: str = env.str(
     "SESSION_ENGINE",
     default="django.contrib.sessions.backends.db"
     if CACHES["default"]["BACKEND"] in _PROCESS_LOCAL_CACHES

@@ -20,9 +20,15 @@ class StaticFilesStorage(CompressedManifestStaticFilesStorage):
     support_js_module_import_aggregation = True
 
     def url_converter(
-        self, name: str, hashed_files: dict[str, Any], template: str | None = None
+        self,
+        name: str,
+        hashed_files: dict[str, Any],
+        template: str | None = None,
+        # Django 6.0 adds `ignored_blocks` (django-stubs already describes it): passed on as is.
+        *args: Any,
+        **kwargs: Any,
     ) -> Callable[[Match[str]], str]:
         if name.endswith(".js") and not name.startswith(OWN_MODULES_PREFIX):
             # npm builds mention `import('…')` in comments and type annotations; leave them be.
             return lambda match: match["matched"]
-        return super().url_converter(name, hashed_files, template)
+        return super().url_converter(name, hashed_files, template, *args, **kwargs)

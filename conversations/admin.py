@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import AbstractUser
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, IntegerField, Manager, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django_stubs_ext import WithAnnotations
 
 from . import actions, tree
 from .attachment_admin import attachments_table
@@ -20,7 +22,23 @@ from .models import Conversation, Message
 User = get_user_model()
 
 
-def _subquery_total(queryset: QuerySet, group_field: str, aggregate: Any) -> Coalesce:
+class _UsageTotals(TypedDict):
+    """The usage columns' annotations (see `_subquery_total` and `_cache_totals`)."""
+
+    _message_count: int
+    _input_tokens: int
+    _output_tokens: int
+    _cache_creation_input_tokens: int
+    _cache_read_input_tokens: int
+
+
+class _UserTotals(_UsageTotals):
+    _conversation_count: int
+
+
+def _subquery_total(
+    queryset: QuerySet[Any] | Manager[Any], group_field: str, aggregate: Any
+) -> Coalesce:
     """A per-row total as a subquery: joining two reverse relations would multiply the counts."""
     totals = (
         queryset.filter(**{group_field: OuterRef("pk")})
@@ -32,7 +50,7 @@ def _subquery_total(queryset: QuerySet, group_field: str, aggregate: Any) -> Coa
     return Coalesce(Subquery(totals, output_field=IntegerField()), 0)
 
 
-def _cache_totals(messages: QuerySet, group_by: str) -> dict[str, Coalesce]:
+def _cache_totals(messages: QuerySet[Any] | Manager[Any], group_by: str) -> dict[str, Coalesce]:
     """Prompt-cache token totals (`_cache_*_input_tokens`): with input and output, what the
     prompts cost (cache writes at 1.25x the input price, reads at 0.1x)."""
     return {
@@ -127,14 +145,14 @@ class ReplyStatusFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(value, f"has a {label.lower()} reply") for value, label in Message.Status.choices]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() not in Message.Status.values:
             return queryset
         replies = Message.objects.filter(role=Message.Role.ASSISTANT, status=self.value())
         return queryset.filter(pk__in=replies.values("conversation_id"))
 
 
-class TranscriptInline(admin.TabularInline):
+class TranscriptInline(admin.TabularInline[Message, Conversation]):
     model = Message
     verbose_name = "message"
     verbose_name_plural = "transcript"
@@ -188,7 +206,7 @@ class TranscriptInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(admin.ModelAdmin[Conversation]):
     list_display = (
         "display_title",
         "owner",
@@ -204,9 +222,23 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ("archived", ReplyStatusFilter, "created_at")
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email", "messages__text")
-    readonly_fields = ("id", "owner", "created_at", "updated_at", "watch_link", "attachments")
+    readonly_fields: ClassVar[tuple[str, ...]] = (
+        "id",
+        "owner",
+        "created_at",
+        "updated_at",
+        "watch_link",
+        "attachments",
+    )
     readonly_fields += ("versions_tree",)
-    fields = ("id", "owner", "title", "title_set_by_user", "system_prompt", "archived")
+    fields: ClassVar[tuple[str, ...]] = (
+        "id",
+        "owner",
+        "title",
+        "title_set_by_user",
+        "system_prompt",
+        "archived",
+    )
     fields += ("created_at", "updated_at", "watch_link", "attachments", "versions_tree")
     ordering = ("-updated_at",)
     date_hierarchy = "updated_at"
@@ -218,7 +250,7 @@ class ConversationAdmin(admin.ModelAdmin):
         """Issue 16: the whole tree, each message indented under what it follows (versions
         under their prompt, edits beside the prompt they edit), the shown path marked."""
         rows = _tree_messages(conversation)
-        depth_of: dict[int, int] = {}
+        depth_of: dict[int | None, int] = {}
         for message in rows:
             depth_of[message.pk] = depth_of.get(message.parent_id, -1) + 1
         return format_html(
@@ -243,7 +275,7 @@ class ConversationAdmin(admin.ModelAdmin):
     def attachments(self, conversation: Conversation) -> str:
         return attachments_table(conversation)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return (
             super()
             .get_queryset(request)
@@ -262,23 +294,27 @@ class ConversationAdmin(admin.ModelAdmin):
         return conversation.display_title
 
     @admin.display(description="messages", ordering="_message_count")
-    def message_count(self, conversation: Conversation) -> int:
+    def message_count(self, conversation: WithAnnotations[Conversation, _UsageTotals]) -> int:
         return conversation._message_count
 
     @admin.display(description="input tokens", ordering="_input_tokens")
-    def input_tokens(self, conversation: Conversation) -> int:
+    def input_tokens(self, conversation: WithAnnotations[Conversation, _UsageTotals]) -> int:
         return conversation._input_tokens
 
     @admin.display(description="output tokens", ordering="_output_tokens")
-    def output_tokens(self, conversation: Conversation) -> int:
+    def output_tokens(self, conversation: WithAnnotations[Conversation, _UsageTotals]) -> int:
         return conversation._output_tokens
 
     @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
-    def cache_creation_input_tokens(self, conversation: Conversation) -> int:
+    def cache_creation_input_tokens(
+        self, conversation: WithAnnotations[Conversation, _UsageTotals]
+    ) -> int:
         return conversation._cache_creation_input_tokens
 
     @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
-    def cache_read_input_tokens(self, conversation: Conversation) -> int:
+    def cache_read_input_tokens(
+        self, conversation: WithAnnotations[Conversation, _UsageTotals]
+    ) -> int:
         return conversation._cache_read_input_tokens
 
     @admin.display(description="live view")
@@ -304,11 +340,11 @@ class ConversationAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: Conversation) -> None:
         actions.delete_conversation(obj)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         actions.delete_conversations(queryset.select_related("owner"))
 
     @admin.action(description="Archive selected conversations")
-    def archive_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def archive_selected(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         count = 0
         for conversation in queryset.filter(archived=False).select_related("owner"):
             actions.set_archived(conversation, True)
@@ -316,14 +352,16 @@ class ConversationAdmin(admin.ModelAdmin):
         self.message_user(request, f"Archived {count} conversation(s).", messages.SUCCESS)
 
     @admin.action(description="Export selected conversations as JSON")
-    def export_json(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         conversations = queryset.select_related("owner").prefetch_related("messages")
         payload = [conversation_as_dict(c) for c in conversations.order_by("created_at")]
         content = json.dumps({"conversations": payload}, indent=2, ensure_ascii=False)
         return _download(content, "application/json", "json", len(payload))
 
     @admin.action(description="Export selected conversations as Markdown")
-    def export_markdown(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+    def export_markdown(
+        self, request: HttpRequest, queryset: QuerySet[Conversation]
+    ) -> HttpResponse:
         conversations = list(
             queryset.select_related("owner").prefetch_related("messages").order_by("created_at")
         )
@@ -334,7 +372,7 @@ class ConversationAdmin(admin.ModelAdmin):
 # --- Users, with their usage ---
 
 
-class UsageUserAdmin(UserAdmin):
+class UsageUserAdmin(UserAdmin[AbstractUser]):
     list_display = (
         "username",
         "email",
@@ -349,7 +387,7 @@ class UsageUserAdmin(UserAdmin):
         "last_login",
     )
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AbstractUser]:
         sent = Message.objects.all()
         return (
             super()
@@ -375,33 +413,33 @@ class UsageUserAdmin(UserAdmin):
             actions.revoke_ably_tokens([obj])  # before the delete clears its pk
             super().delete_model(request, obj)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AbstractUser]) -> None:
         with transaction.atomic():
             actions.revoke_ably_tokens(list(queryset))
             super().delete_queryset(request, queryset)
 
     @admin.display(description="conversations", ordering="_conversation_count")
-    def conversation_count(self, user: Any) -> int:
+    def conversation_count(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._conversation_count
 
     @admin.display(description="messages", ordering="_message_count")
-    def message_count(self, user: Any) -> int:
+    def message_count(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._message_count
 
     @admin.display(description="input tokens", ordering="_input_tokens")
-    def input_tokens(self, user: Any) -> int:
+    def input_tokens(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._input_tokens
 
     @admin.display(description="output tokens", ordering="_output_tokens")
-    def output_tokens(self, user: Any) -> int:
+    def output_tokens(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._output_tokens
 
     @admin.display(description="cache write tokens", ordering="_cache_creation_input_tokens")
-    def cache_creation_input_tokens(self, user: Any) -> int:
+    def cache_creation_input_tokens(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._cache_creation_input_tokens
 
     @admin.display(description="cache read tokens", ordering="_cache_read_input_tokens")
-    def cache_read_input_tokens(self, user: Any) -> int:
+    def cache_read_input_tokens(self, user: WithAnnotations[AbstractUser, _UserTotals]) -> int:
         return user._cache_read_input_tokens
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django_stubs_ext import WithAnnotations
 
 from .attachments import human_size, url_for
 from .models import Attachment
+
+
+class _SentCount(TypedDict):
+    _prompts: int
 
 
 def attachments_table(conversation: Any) -> str:
@@ -44,7 +49,7 @@ def attachments_table(conversation: Any) -> str:
 
 
 @admin.register(Attachment)
-class AttachmentAdmin(admin.ModelAdmin):
+class AttachmentAdmin(admin.ModelAdmin[Attachment]):
     list_display = (
         "name",
         "kind",
@@ -102,9 +107,9 @@ class AttachmentAdmin(admin.ModelAdmin):
         url = reverse("admin:conversations_conversation_change", args=[attachment.conversation_id])
         return format_html('<a href="{}">{}</a>', url, attachment.conversation)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Attachment]:
         return super().get_queryset(request).annotate(_prompts=Count("messages"))
 
     @admin.display(description="sent", boolean=True, ordering="_prompts")
-    def sent(self, attachment: Attachment) -> bool:
+    def sent(self, attachment: WithAnnotations[Attachment, _SentCount]) -> bool:
         return attachment._prompts > 0

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from . import attachments
 from .models import Attachment, Conversation
 from .views import _get_conversation_for_user
+
+if TYPE_CHECKING:
+    from .views import AuthenticatedHttpRequest
 
 # Opened on its own, a file may run nothing and load nothing (Chrome's own viewer page for a
 # standalone image styles itself inline, hence that one allowance).
@@ -41,7 +44,9 @@ def client_config(conversation: Conversation | None, *, can_upload: bool) -> dic
 
 @login_required
 @require_POST
-def attachment_upload(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def attachment_upload(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     """One file per request (the composer sends each with its own progress bar)."""
     try:
         conversation = _get_conversation_for_user(request.user, conversation_id)
@@ -71,7 +76,9 @@ def attachment_upload(request: HttpRequest, conversation_id: uuid.UUID) -> HttpR
 
 @login_required
 @require_GET
-def attachment_file(request: HttpRequest, attachment_id: uuid.UUID) -> HttpResponse:
+def attachment_file(
+    request: AuthenticatedHttpRequest, attachment_id: uuid.UUID
+) -> HttpResponseBase:
     """The stored file, to users who may read its conversation; everyone else gets a 404."""
     attachment = Attachment.objects.filter(pk=attachment_id).first()
     if attachment is None:

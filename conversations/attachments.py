@@ -274,6 +274,7 @@ def save_upload(conversation: Conversation, owner: Any, uploaded: Any) -> Attach
     try:
         attachment.save(force_insert=True)
     except Exception:
+        assert attachment.file.name is not None  # named by the `file.save` above
         default_storage.delete(attachment.file.name)
         raise
     return attachment

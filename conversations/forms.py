@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 
 from .models import Conversation
 
@@ -35,6 +36,6 @@ class RenameForm(forms.Form):
     )
 
 
-class SignupForm(UserCreationForm):
+class SignupForm(UserCreationForm[User]):
     class Meta(UserCreationForm.Meta):
         fields = ("username",)

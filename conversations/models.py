@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
@@ -8,9 +9,14 @@ from django.db.models import Q
 
 from . import events
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from .tree import Versions
+
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
-    def for_user(self, user: settings.AUTH_USER_MODEL) -> ConversationQuerySet:
+    def for_user(self, user: User) -> ConversationQuerySet:
         """Conversations the user may use. The one place to widen when sharing arrives."""
         return self.filter(owner=user)
 
@@ -39,6 +45,9 @@ class Conversation(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ConversationQuerySet.as_manager()
+
+    # Not a column: set by the view that fetched it for a user (whether they may write to it).
+    user_can_write: bool
 
     class Meta:
         indexes = [
@@ -116,6 +125,11 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     first_token_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Not columns: set on a page's messages by `tree.for_page`.
+    on_path: bool
+    parent_wire_id: str
+    versions: Versions
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -34,7 +34,9 @@ class LoginThrottleBackend(AxesStandaloneBackend):
     def authenticate(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
         if request is None:
             return None
-        return super().authenticate(request, *args, **kwargs)
+        # Axes' backend authenticates no one: it returns nothing or, when locked out, raises.
+        super().authenticate(request, *args, **kwargs)
+        return None
 
 
 def attempted_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str:
@@ -50,10 +52,11 @@ def client_ip(request: HttpRequest) -> str:
     the address the outermost of them saw (X-Forwarded-For, counted from the right, so a
     client cannot pick its own address by sending the header itself)."""
     proxies = settings.LOGIN_TRUSTED_PROXY_COUNT
-    remote = request.META.get("REMOTE_ADDR", "")
+    remote: str = request.META.get("REMOTE_ADDR", "")
     if proxies <= 0:
         return remote
-    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    forwarded_for: str = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    forwarded = [part.strip() for part in forwarded_for.split(",")]
     forwarded = [part for part in forwarded if part]
     return forwarded[-proxies] if len(forwarded) >= proxies else remote
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -21,6 +21,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from . import ably_compat, actions, events, realtime, tree
 from .forms import RenameForm, SearchForm, SignupForm
 from .models import Conversation, Message
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    class AuthenticatedHttpRequest(HttpRequest):
+        """A request `login_required` let through: its user is signed in."""
+
+        user: User
+
 
 CONVERSATIONS_PER_PAGE = 50
 # The sidebar shows the newest of each kind; the list page (linked from it) has them all.
@@ -33,7 +42,7 @@ PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 
 
 def _get_conversation_for_user(
-    user: Any, conversation_id: uuid.UUID | str, *, write: bool = True
+    user: User, conversation_id: uuid.UUID | str, *, write: bool = True
 ) -> Conversation:
     """The one place that decides who may see a conversation.
 
@@ -73,7 +82,9 @@ def _listed(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
     return conversations.alias(has_messages=has_messages).exclude(title="", has_messages=False)
 
 
-def _sidebar_context(request: HttpRequest, current: Conversation | None) -> dict[str, Any]:
+def _sidebar_context(
+    request: AuthenticatedHttpRequest, current: Conversation | None
+) -> dict[str, Any]:
     mine = _listed(Conversation.objects.for_user(request.user)).order_by(
         "-updated_at", "-created_at"
     )
@@ -123,7 +134,7 @@ def _attachment_config(conversation: Conversation | None, *, can_upload: bool) -
     return client_config(conversation, can_upload=can_upload)
 
 
-def login_view(request: HttpRequest) -> HttpResponse:
+def login_view(request: HttpRequest) -> HttpResponseBase:
     return LoginView.as_view(extra_context={"signup_enabled": settings.SIGNUP_ENABLED})(request)
 
 
@@ -143,7 +154,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_list(request: HttpRequest) -> HttpResponse:
+def conversation_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     show_archived = request.GET.get("archived") == "1"
     search_form = SearchForm(request.GET or None)
     conversations = _listed(Conversation.objects.for_user(request.user)).filter(
@@ -186,7 +197,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_new(request: HttpRequest) -> HttpResponse:
+def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     """An empty composer at a URL of its own: nothing is stored until the first prompt is sent."""
     context = {
         **_sidebar_context(request, None),
@@ -221,7 +232,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def conversation_create(request: HttpRequest) -> HttpResponse:
+def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Create a conversation for its first prompt, which the browser then sends on its channel.
 
     Without a prompt nothing is created (a conversation with no prompt is an empty one left in
@@ -277,7 +288,9 @@ def _conversation_urls(conversation_id: Any) -> dict[str, str]:
 
 @login_required
 @require_GET
-def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_detail(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id, write=False)
     read_only = not conversation.user_can_write
     # Issue 16: every version, in tree order; the page shows the shared path and hides the rest.
@@ -318,7 +331,9 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 
 @login_required
 @require_POST
-def conversation_path(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_path(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     """Show another version (`< n/m >`): POST messageId = the version's responseId/promptId.
     Every device of the conversation follows through the channel's `path` event."""
     conversation = _get_conversation_for_user(request.user, conversation_id)
@@ -330,7 +345,9 @@ def conversation_path(request: HttpRequest, conversation_id: uuid.UUID) -> HttpR
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def conversation_rename(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_rename(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id)
     form = RenameForm(request.POST or None, initial={"title": conversation.title})
     if request.method == "POST":
@@ -350,7 +367,9 @@ def conversation_rename(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 
 @login_required
 @require_POST
-def conversation_archive(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_archive(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id)
     actions.set_archived(conversation, True)
     messages.success(request, f"Archived “{conversation.display_title}”.")
@@ -359,7 +378,9 @@ def conversation_archive(request: HttpRequest, conversation_id: uuid.UUID) -> Ht
 
 @login_required
 @require_POST
-def conversation_unarchive(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_unarchive(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id)
     actions.set_archived(conversation, False)
     return redirect(conversation)
@@ -367,7 +388,9 @@ def conversation_unarchive(request: HttpRequest, conversation_id: uuid.UUID) -> 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def conversation_delete(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
     conversation = _get_conversation_for_user(request.user, conversation_id)
     if request.method == "POST":
         title = conversation.display_title

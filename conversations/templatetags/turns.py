@@ -16,7 +16,7 @@ from ..models import Message
 
 register = template.Library()
 
-FINAL_NOTICES = {
+FINAL_NOTICES: dict[str, str] = {
     Message.Status.CANCELLED: "Stopped.",
     Message.Status.INTERRUPTED: "This answer was interrupted.",
 }
