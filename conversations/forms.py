@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import UserCreationForm, UsernameField
 from django.contrib.auth.models import User
 
 from .models import Conversation
@@ -37,5 +37,9 @@ class RenameForm(forms.Form):
 
 
 class SignupForm(UserCreationForm[User]):
-    class Meta(UserCreationForm.Meta):
+    # Spelled out rather than inheriting UserCreationForm.Meta, which the Django 5.2 stubs do
+    # not declare; the same three settings Django's own Meta has.
+    class Meta:
+        model = User
         fields = ("username",)
+        field_classes = {"username": UsernameField}
