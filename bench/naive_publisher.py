@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -26,7 +27,6 @@ from ably.types.connectionstate import ConnectionState
 from ably.types.message import Message
 
 from conversations import events
-from conversations.ably_compat import python_client_options
 
 AGENT_CLIENT_ID = "agent"
 DEV_KEY = "devapp.devkey:dev-secret-change-me"
@@ -67,8 +67,16 @@ async def answer(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # The stand-in's port needs the adapter's client options (and its port patch); the adapter
+    # lives in the agent package, which needs Django set up to import.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+    import django
+
+    django.setup()
+    from conversations.agent.ably_adapter import client_options
+
     jobs = json.loads(Path(args.jobs).read_text())
-    options = python_client_options(f"http://127.0.0.1:{args.ably_port}", client_id=AGENT_CLIENT_ID)
+    options = client_options(f"http://127.0.0.1:{args.ably_port}", client_id=AGENT_CLIENT_ID)
     realtime = AblyRealtime(key=args.key, **options)
     async with asyncio.timeout(30):
         while realtime.connection.state != ConnectionState.CONNECTED:

@@ -58,11 +58,9 @@ async def _token_requests(count: int, ably_port: int) -> list[bytes]:
     """`count` TokenRequests signed by ably-python (each nonce is single-use)."""
     from ably import AblyRest
 
-    from conversations.ably_compat import python_client_options
+    from conversations.agent.ably_adapter import client_options
 
-    rest = AblyRest(
-        key=common.DEV_ABLY_KEY, **python_client_options(f"http://127.0.0.1:{ably_port}")
-    )
+    rest = AblyRest(key=common.DEV_ABLY_KEY, **client_options(f"http://127.0.0.1:{ably_port}"))
     try:
         requests = []
         for index in range(count):

@@ -22,7 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.template.loader import render_to_string
 from django.utils.log import log_response
 
-from conversations import ably_compat
+from conversations import ably_endpoint
 
 
 class ContentSecurityPolicyMiddleware(CSPMiddleware):
@@ -34,7 +34,7 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
             return parts
         base = (getattr(settings, "CONTENT_SECURITY_POLICY", None) or {}).get("DIRECTIVES", {})
         update = dict(parts.update or {})
-        ably = ably_compat.csp_connect_sources(settings.ABLY_ENDPOINT)
+        ably = ably_endpoint.csp_connect_sources(settings.ABLY_ENDPOINT)
         if "connect-src" in base or "connect-src" in update:
             update["connect-src"] = [*update.get("connect-src", []), *ably]
         return replace(parts, update=update)

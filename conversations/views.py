@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import ably_compat, actions, events, realtime, tree
+from . import ably_endpoint, actions, events, realtime, tree
 from .forms import RenameForm, SearchForm, SignupForm
 from .models import Conversation, Message
 
@@ -113,7 +113,7 @@ def _client_config(request: HttpRequest, **page: Any) -> dict[str, Any]:
         "userChannel": events.user_channel(client_id),
         "agentClientId": settings.ABLY_AGENT_CLIENT_ID,
         "serverClientId": settings.ABLY_SERVER_CLIENT_ID,
-        "ablyOptions": ably_compat.js_client_options(settings.ABLY_ENDPOINT),
+        "ablyOptions": ably_endpoint.js_client_options(settings.ABLY_ENDPOINT),
         "contract": events.client_contract(),
         "streamingPattern": settings.STREAMING_PATTERN,
         "maxPromptChars": settings.MAX_PROMPT_CHARS,

@@ -219,7 +219,7 @@ async def fresh_reader(conversation_id: str, owner: Any, endpoint: str) -> dict[
     from django.conf import settings
 
     from conversations import realtime
-    from conversations.ably_compat import python_client_options
+    from conversations.agent.ably_adapter import client_options
     from conversations.models import Conversation
 
     def token() -> str | None:
@@ -229,7 +229,7 @@ async def fresh_reader(conversation_id: str, owner: Any, endpoint: str) -> dict[
     minted = await sync_to_async(token)()
     if minted is None:
         return {}
-    client = AblyRest(token=minted, **python_client_options(endpoint))
+    client = AblyRest(token=minted, **client_options(endpoint))
     items: list[Any] = []
     try:
         channel = client.channels.get(events.conversation_channel(conversation_id))

@@ -258,12 +258,12 @@ class Device:
     """A user's device on a conversation channel, rendering replies like a client must."""
 
     def __init__(self, user: Any, conversation_id: Any, ably_server: Any, token: str) -> None:
-        from conversations.ably_compat import python_client_options
+        from conversations.agent.ably_adapter import client_options
 
         self.user = user
         self.client_id = realtime.client_id_for_user(user)
         self.channel_name = events.conversation_channel(conversation_id)
-        self.client = AblyRealtime(token=token, **python_client_options(ably_server.endpoint))
+        self.client = AblyRealtime(token=token, **client_options(ably_server.endpoint))
         self.channel = self.client.channels.get(self.channel_name)
         self.replies: dict[str, Reply] = {}
         self.by_prompt: dict[str, str] = {}

@@ -43,13 +43,12 @@ from collections.abc import Awaitable
 from typing import Any
 
 import anthropic
-from ably.transport.defaults import Defaults
-from ably.types.message import Message as AblyMessage
 
 from conversations import actions, events, realtime
 from conversations.models import Message
 
 from . import attachments, model as claude, store
+from .ably_adapter import REST_PROTOCOL_VERSION, AblyMessage
 from .config import AgentConfig
 from .identity import Lease
 from .pool import ConnectionPool, PooledConnection
@@ -1323,7 +1322,7 @@ class Agent:
             response = await self.pool.rest.request(
                 "GET",
                 "/channels",
-                Defaults.protocol_version,
+                REST_PROTOCOL_VERSION,
                 params={"prefix": events.CONVERSATION_CHANNEL_PREFIX, "limit": 1000},
             )
         except Exception as error:  # noqa: BLE001 - try again next round

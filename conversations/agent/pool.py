@@ -19,9 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ably import AblyRealtime, AblyRest
-from ably.types.connectionstate import ConnectionState
-
+from . import ably_adapter
+from .ably_adapter import AblyRealtime, AblyRest
 from .config import AgentConfig
 from .streaming import RateLimiter
 
@@ -34,23 +33,13 @@ CONNECT_TIMEOUT_SECONDS = 15.0
 DISCONNECTED_RETRY_MS = 2000
 
 
-def ably_client_options(config: AgentConfig) -> dict[str, Any]:
-    """ably-python options for the configured endpoint (empty endpoint = real Ably)."""
-    from conversations.ably_compat import python_client_options
-
-    options = dict(python_client_options(config.ably_endpoint))
-    options.setdefault("disconnected_retry_timeout", DISCONNECTED_RETRY_MS)
-    transport_params = dict(options.pop("transport_params", None) or {})
-    # The agent never needs its own messages back (A8): they would only spend the rate budget.
-    transport_params.setdefault("echo", "false")
-    transport_params.setdefault("appendRollupWindow", str(config.append_rollup_window_ms))
-    options["transport_params"] = transport_params
-    if options.get("use_token_auth"):
-        # ably-python's realtime Auth leaves the clientId out of the TokenRequests it signs
-        # (Auth.__init__ keeps client_id only for REST clients), so the token would not match
-        # the connection's clientId; default token params put it back.
-        options["default_token_params"] = {"client_id": config.agent_client_id}
-    return options
+def agent_transport_params(config: AgentConfig) -> dict[str, str]:
+    """The realtime connection parameters of every agent connection."""
+    return {
+        # The agent never needs its own messages back (A8): they would only spend the budget.
+        "echo": "false",
+        "appendRollupWindow": str(config.append_rollup_window_ms),
+    }
 
 
 class PooledConnection:
@@ -88,39 +77,27 @@ class ConnectionPool:
 
     @staticmethod
     def _default_client(config: AgentConfig) -> AblyRealtime:
-        return AblyRealtime(
-            key=config.ably_key, client_id=config.agent_client_id, **ably_client_options(config)
+        return ably_adapter.realtime_client(
+            config.ably_endpoint,
+            key=config.ably_key,
+            client_id=config.agent_client_id,
+            transport_params=agent_transport_params(config),
+            disconnected_retry_ms=DISCONNECTED_RETRY_MS,
         )
 
     async def connect(self) -> None:
-        options = ably_client_options(self.config)
-        options.pop("transport_params", None)
-        options.pop("default_token_params", None)
-        self.rest = AblyRest(key=self.config.ably_key, **options)
+        self.rest = ably_adapter.rest_client(self.config.ably_endpoint, key=self.config.ably_key)
         for index in range(self.config.connections):
             client = self._client_factory(self.config)
             self.connections.append(
                 PooledConnection(index, client, RateLimiter(self.config.max_messages_per_second))
             )
-        await asyncio.gather(*(self._wait_connected(c.client) for c in self.connections))
-
-    @staticmethod
-    async def _wait_connected(client: AblyRealtime) -> None:
-        if client.connection.state == ConnectionState.CONNECTED:
-            return
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                while client.connection.state != ConnectionState.CONNECTED:
-                    if client.connection.state in (ConnectionState.FAILED, ConnectionState.CLOSED):
-                        raise ConnectionError(
-                            f"Ably connection failed: {client.connection.error_reason}"
-                        )
-                    await client.connection.once_async()
-        except TimeoutError:
-            raise ConnectionError(
-                f"Ably connection not established within {CONNECT_TIMEOUT_SECONDS:.0f}s "
-                f"(state {client.connection.state}, {client.connection.error_reason})"
-            ) from None
+        await asyncio.gather(
+            *(
+                ably_adapter.wait_connected(c.client, CONNECT_TIMEOUT_SECONDS)
+                for c in self.connections
+            )
+        )
 
     def for_channel(self, channel_name: str) -> PooledConnection:
         """The connection the channel is attached on; for one attached nowhere (a publish on a

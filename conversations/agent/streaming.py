@@ -38,19 +38,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ably.types.channelstate import ChannelState
-from ably.types.connectionstate import ConnectionState
-from ably.types.message import Message
-
 from conversations import events
-from conversations.ably_compat import unsettled_sends
+
+from .ably_adapter import (
+    DRAIN_POLL_SECONDS,
+    MESSAGE_NOT_FOUND,
+    AblyMessage as Message,
+    ably_error_code,
+    can_send_now,
+    connection_interruptions,
+    first_serial,
+    is_permanent_ably_error,
+    new_message_id,
+    sdk_sends_settled,
+    wait_until_usable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,33 +132,6 @@ class PendingText:
 # after these pauses, the last one repeating until the deadline; Ably's rate windows are one
 # second long.
 REPAIR_RETRY_DELAYS = (0.5, 1.0, 2.0)
-# How often a wait for the channel re-checks states whose change events it may have missed.
-STATE_POLL_SECONDS = 1.0
-
-
-MESSAGE_NOT_FOUND = 40400
-# ably-python: "Cannot publish message; connection state is ..." (RTL6c).
-SDK_NOT_CONNECTED = 40001
-
-
-def ably_error_code(error: BaseException) -> int | None:
-    """The Ably error code of an SDK exception (e.g. 40400), or None for other failures."""
-    code = getattr(error, "code", None)
-    return code if isinstance(code, int) else None
-
-
-def is_permanent_ably_error(error: BaseException) -> bool:
-    """A 4xxxx Ably error that trying again cannot fix.
-
-    Rate limits (429xx) pass with time and token errors (40140-40149) with the SDK's renewal;
-    every other 4xxxx (not found, refused capability, bad request) is the same on every try.
-    The exception is 40001, which ably-python raises itself for a publish while its connection
-    is suspended or closed: that passes when the connection comes back.
-    """
-    code = ably_error_code(error)
-    if code is None or not 40000 <= code < 50000:
-        return False
-    return not (42900 <= code < 43000 or 40140 <= code <= 40149 or code == SDK_NOT_CONNECTED)
 
 
 async def with_retries(
@@ -165,38 +145,6 @@ async def with_retries(
             if delay is None or is_permanent_ably_error(error):
                 raise
             await asyncio.sleep(delay)
-
-
-async def wait_until_usable(channel: Any, timeout: float) -> None:
-    """Until the channel's connection is CONNECTED and the channel ATTACHED.
-
-    After an Ably node restart ably-python can leave a channel SUSPENDED (its re-attach timed
-    out while every client reconnected at once) and then refuses publishes at once (90001)
-    until its own retry timer re-attaches it, 15 s later. Attaching here brings it back as
-    soon as the connection is up. Raises TimeoutError when `timeout` runs out.
-    """
-    async with asyncio.timeout(max(timeout, 0)):
-        while True:
-            connection = channel.ably.connection
-            if connection.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
-                raise ConnectionError(f"the Ably connection is {connection.state}")
-            if connection.state != ConnectionState.CONNECTED:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(STATE_POLL_SECONDS):
-                        await connection.once_async()
-                continue
-            if channel.state == ChannelState.ATTACHED:
-                return
-            if channel.state in (ChannelState.ATTACHING, ChannelState.DETACHING):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(STATE_POLL_SECONDS):
-                        await channel.once_async()
-                continue
-            try:
-                await channel.attach()
-            except Exception as error:  # noqa: BLE001 - try again until the timeout
-                logger.info("re-attaching %s failed: %r", channel.name, error)
-                await asyncio.sleep(STATE_POLL_SECONDS)
 
 
 async def publish_until(
@@ -226,70 +174,6 @@ async def publish_until(
                 await wait_until_usable(channel, deadline - time.monotonic())
             except (TimeoutError, ConnectionError):
                 raise error from None
-
-
-# Per realtime client: how many times its connection has left CONNECTED (see the module doc).
-_interruptions: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
-# How often a wait for ably-python's send queue to drain looks again.
-DRAIN_POLL_SECONDS = 0.05
-# Deltas wait while a connection has this many sends unanswered: at most this many are re-sent
-# at once when it drops and comes back, well under the 50 msg/s limit. With acks arriving in
-# one round trip a healthy connection at 50 msg/s has a few outstanding.
-MAX_UNSETTLED_SENDS = 20
-
-
-def connection_interruptions(channel: Any) -> int:
-    """How often the connection under `channel` has left CONNECTED since first asked about."""
-    client = getattr(channel, "ably", None)
-    connection = getattr(client, "connection", None)
-    if connection is None:
-        return 0
-    counter = _interruptions.get(client)
-    if counter is None:
-        counter = _interruptions[client] = [0]
-
-        def on_change(change: Any) -> None:
-            previous = getattr(change, "previous", None)
-            if previous == ConnectionState.CONNECTED and change.current != previous:
-                counter[0] += 1
-
-        connection.on(on_change)
-    return counter[0]
-
-
-async def sdk_sends_settled(channel: Any, timeout: float) -> bool:
-    """Until every publish ably-python holds for this channel's connection now has gone out and
-    been answered (or `timeout` passes: False). Without ably_compat's view of the SDK's queues
-    (another SDK version) it returns at once."""
-    client = getattr(channel, "ably", None)
-    waiting = unsettled_sends(client)
-    if waiting is None:
-        return True
-    deadline = time.monotonic() + max(timeout, 0)
-    while waiting:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(DRAIN_POLL_SECONDS)
-        waiting &= unsettled_sends(client) or set()
-    return True
-
-
-def can_send_now(channel: Any) -> bool:
-    """Whether another delta should go to the SDK now rather than wait with the pending text.
-
-    Not while the connection is down: ably-python queues every publish until it reconnects and
-    then sends them all at once, far beyond 50 msg/s (the stand-in wiped soak: ~440 appends per
-    connection, most refused with 42911, the rest with 40400 for a message Ably had lost). Held
-    back, the deltas merge into one append (or the repair's full text). Nor while many sends
-    are unanswered on a connection that looks up (a silent partition not yet detected): those
-    would all be re-sent at once too.
-    """
-    client = getattr(channel, "ably", None)
-    connection = getattr(client, "connection", None)
-    if connection is not None and connection.state != ConnectionState.CONNECTED:
-        return False
-    unsettled = unsettled_sends(client)
-    return unsettled is None or len(unsettled) < MAX_UNSETTLED_SENDS
 
 
 class ReplyStream(ABC):
@@ -609,17 +493,6 @@ class MessagePerTokenStream(ReplyStream):
                 logger.info("published a snapshot of %s for reply %s", part, self.reply)
             except Exception as error:  # noqa: BLE001 - the stored reply keeps the text anyway
                 logger.error("could not publish a snapshot for reply %s: %r", self.reply, error)
-
-
-def new_message_id() -> str:
-    """An Ably message id nobody can guess before the agent publishes it (128 random bits)."""
-    return secrets.token_urlsafe(16)
-
-
-def first_serial(result: Any) -> str | None:
-    """The serial Ably assigned to the first message of a publish, if it said."""
-    serials = getattr(result, "serials", None)
-    return serials[0] if serials else None
 
 
 def reply_stream(

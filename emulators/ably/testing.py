@@ -33,7 +33,7 @@ Helpers (plain functions)
 - `NodeSession(script, server, env)`: converse with a running ably-js script (see its doc).
 - `run_node(script, server, env=None, timeout=60)` / `await run_node_async(...)`: run an ably-js
   script with ABLY_ENDPOINT, ABLY_HOST, ABLY_PORT, ABLY_KEY and ABLY_OPTIONS (JSON of the
-  client options from conversations.ably_compat) in its environment. The script prints one JSON
+  client options from conversations.ably_endpoint) in its environment. The script prints one JSON
   value as its last stdout line and exits non-zero on failure; returns the parsed value.
   tests/integration/js/ably_env.mjs exports `clientOptions(extra)` for such scripts.
 """
@@ -83,9 +83,9 @@ def start_server(**config: Any) -> EmulatorServer:
 
 
 def _python_options(server: EmulatorServer, kwargs: dict[str, Any]) -> dict[str, Any]:
-    from conversations.ably_compat import python_client_options
+    from conversations.agent.ably_adapter import client_options
 
-    options = python_client_options(server.endpoint, client_id=kwargs.pop("client_id", None))
+    options = client_options(server.endpoint, client_id=kwargs.pop("client_id", None))
     return {**options, **kwargs}
 
 
@@ -134,7 +134,7 @@ def python_connection_id(client: Any) -> str:
 
 
 def node_env(server: EmulatorServer, env: dict[str, str] | None = None) -> dict[str, str]:
-    from conversations.ably_compat import js_client_options
+    from conversations.ably_endpoint import js_client_options
 
     return {
         **os.environ,

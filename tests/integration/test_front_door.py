@@ -22,7 +22,8 @@ from ably import AblyRest
 from ably.types.message import Message as AblyMessage
 from asgiref.sync import sync_to_async
 
-from conversations import ably_compat, events, realtime
+from conversations import events, realtime
+from conversations.agent import ably_adapter
 from conversations.models import Message
 from tests.agent_fixtures import database_url, stored_reply
 
@@ -76,7 +77,7 @@ async def prompt_until_streaming(
 
     client = AblyRest(
         key=settings.DEV_ABLY_API_KEY,
-        **ably_compat.python_client_options(ably_endpoint, client_id=client_id),
+        **ably_adapter.client_options(ably_endpoint, client_id=client_id),
     )
     try:
         channel = client.channels.get(events.conversation_channel(conversation_id))

@@ -18,7 +18,7 @@ import logging
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations.ably_compat import unsettled_sends
+from conversations.agent.ably_adapter import unsettled_sends
 from conversations.models import Message
 from emulators.ably.server import AblyApp, EmulatorServer
 from tests.agent_fixtures import PATTERNS

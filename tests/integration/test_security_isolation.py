@@ -25,7 +25,8 @@ from ably.types.message import Message as AblyMessage
 from ably.util.exceptions import AblyException
 from asgiref.sync import sync_to_async
 
-from conversations import ably_compat, events, realtime
+from conversations import events, realtime
+from conversations.agent import ably_adapter
 from conversations.models import Conversation, Message
 from emulators.ably.protocol import Action
 from emulators.ably.testing import run_node_async
@@ -49,11 +50,11 @@ async def token_for(user: Any, conversation: Conversation | None = None) -> str:
 
 
 def realtime_client(server: Any, token: str) -> AblyRealtime:
-    return AblyRealtime(token=token, **ably_compat.python_client_options(server.endpoint))
+    return AblyRealtime(token=token, **ably_adapter.client_options(server.endpoint))
 
 
 def rest_client(server: Any, token: str) -> AblyRest:
-    return AblyRest(token=token, **ably_compat.python_client_options(server.endpoint))
+    return AblyRest(token=token, **ably_adapter.client_options(server.endpoint))
 
 
 async def refusal(awaitable: Any) -> int | None:
@@ -294,7 +295,7 @@ async def test_a_user_cannot_publish_or_enter_presence_as_the_agent(
     # The connection itself cannot claim the agent's identity either.
     bad_connect = AblyRealtime(
         token=token,
-        **ably_compat.python_client_options(ably_server.endpoint, client_id=agent_id),
+        **ably_adapter.client_options(ably_server.endpoint, client_id=agent_id),
     )
     try:
         change = await asyncio.wait_for(bad_connect.connection.once_async("failed"), WAIT)

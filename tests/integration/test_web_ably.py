@@ -13,7 +13,8 @@ from ably.util.exceptions import AblyException
 from asgiref.sync import sync_to_async
 from django.urls import reverse
 
-from conversations import ably_compat, actions, events, realtime
+from conversations import actions, events, realtime
+from conversations.agent import ably_adapter
 from conversations.models import Conversation
 
 # Real commits: Django's publishes run in transaction.on_commit.
@@ -30,7 +31,7 @@ def _django_uses_the_stand_in(settings, ably_server, monkeypatch):
 
 
 def realtime_client(endpoint: str, **auth: Any) -> AblyRealtime:
-    return AblyRealtime(**ably_compat.python_client_options(endpoint), **auth)
+    return AblyRealtime(**ably_adapter.client_options(endpoint), **auth)
 
 
 async def connected(client: AblyRealtime) -> AblyRealtime:

@@ -19,7 +19,8 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
-from conversations import ably_compat, actions, realtime
+from conversations import actions, realtime
+from conversations.agent import ably_adapter
 from conversations.models import Conversation
 from emulators.ably.testing import NodeSession
 
@@ -112,7 +113,7 @@ async def test_a_live_connection_on_a_revoked_token_is_cut_off(ably_server, alic
     authUrl or key, fails with 40171 (ably-python `connectionmanager.on_token_error`)."""
     doomed = await Conversation.objects.acreate(owner=alice)
     token = await sync_to_async(realtime.create_token)(alice)
-    client = AblyRealtime(token=token, **ably_compat.python_client_options(ably_server.endpoint))
+    client = AblyRealtime(token=token, **ably_adapter.client_options(ably_server.endpoint))
     reasons: list[int] = []
     client.connection.on(lambda change: change.reason and reasons.append(change.reason.code))
     try:

@@ -11,7 +11,8 @@ from django.db import IntegrityError, OperationalError
 
 from conversations import events
 from conversations.agent import store
-from conversations.agent.streaming import is_permanent_ably_error, publish_until, with_retries
+from conversations.agent.ably_adapter import is_permanent_ably_error
+from conversations.agent.streaming import publish_until, with_retries
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """A reply stream while its Ably connection is down or its SDK never answers (issue 13).
 
 The channel here stands in for ably-python's: an SDK that takes an append and never answers
-cannot be produced against the stand-in (ably_compat fixes the one known way), and the
+cannot be produced against the stand-in (the Ably adapter fixes the one known way), and the
 connection state is set directly instead of waiting out ably-python's 15 s reconnect.
 """
 
