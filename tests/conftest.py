@@ -1,14 +1,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+
 
 pytest_plugins = [
     "emulators.ably.testing",
     "emulators.anthropic.testing",
     "tests.agent_fixtures",
 ]
+
+
+# The stand-in's helpers point the SDKs at it the way the product does (emulators/ never imports
+# the app, so the suite tells it how).
+def _python_client_options(endpoint: str, client_id: str | None) -> dict[str, Any]:
+    from conversations.agent.ably_adapter import client_options  # needs Django set up
+
+    return client_options(endpoint, client_id=client_id)
+
+
+def _js_client_options(endpoint: str) -> dict[str, Any]:
+    from conversations.ably_endpoint import js_client_options
+
+    return js_client_options(endpoint)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from emulators.ably import testing as ably_testing  # imported here: after pytest_plugins
+
+    ably_testing.use_client_options(python=_python_client_options, js=_js_client_options)
 
 
 # The stand-ins' own tests (their protocol cores, the SDKs against them, fuzzing) never touch

@@ -33,7 +33,7 @@ Helpers (plain functions)
 - `NodeSession(script, server, env)`: converse with a running ably-js script (see its doc).
 - `run_node(script, server, env=None, timeout=60)` / `await run_node_async(...)`: run an ably-js
   script with ABLY_ENDPOINT, ABLY_HOST, ABLY_PORT, ABLY_KEY and ABLY_OPTIONS (JSON of the
-  client options from conversations.ably_endpoint) in its environment. The script prints one JSON
+  client options registered with `use_client_options`) in its environment. The script prints one JSON
   value as its last stdout line and exits non-zero on failure; returns the parsed value.
   tests/integration/js/ably_env.mjs exports `clientOptions(extra)` for such scripts.
 """
@@ -82,10 +82,32 @@ def start_server(**config: Any) -> EmulatorServer:
     return server
 
 
-def _python_options(server: EmulatorServer, kwargs: dict[str, Any]) -> dict[str, Any]:
-    from conversations.agent.ably_adapter import client_options
+# How an SDK is pointed at an endpoint is the app's knowledge (its Ably adapter and endpoint
+# module), not the stand-in's, and nothing in emulators/ imports the app: the test suite hands
+# its builders in through `use_client_options` (tests/conftest.py).
+PythonOptionsBuilder = Callable[[str, "str | None"], dict[str, Any]]
+JsOptionsBuilder = Callable[[str], dict[str, Any]]
+_client_options: dict[str, Any] = {}
 
-    options = client_options(server.endpoint, client_id=kwargs.pop("client_id", None))
+
+def use_client_options(*, python: PythonOptionsBuilder, js: JsOptionsBuilder) -> None:
+    """Register how ably-python (endpoint, client_id) and ably-js (endpoint) options are built."""
+    _client_options["python"] = python
+    _client_options["js"] = js
+
+
+def _builder(kind: str) -> Any:
+    try:
+        return _client_options[kind]
+    except KeyError:
+        raise RuntimeError(
+            "emulators.ably.testing.use_client_options(...) was not called: the suite's "
+            "conftest registers how SDK clients are pointed at the stand-in"
+        ) from None
+
+
+def _python_options(server: EmulatorServer, kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = _builder("python")(server.endpoint, kwargs.pop("client_id", None))
     return {**options, **kwargs}
 
 
@@ -134,8 +156,7 @@ def python_connection_id(client: Any) -> str:
 
 
 def node_env(server: EmulatorServer, env: dict[str, str] | None = None) -> dict[str, str]:
-    from conversations.ably_endpoint import js_client_options
-
+    js_client_options = _builder("js")
     return {
         **os.environ,
         "ABLY_ENDPOINT": server.endpoint,
