@@ -5,7 +5,6 @@ from typing import Any
 
 import pytest
 
-
 pytest_plugins = [
     "emulators.ably.testing",
     "emulators.anthropic.testing",
