@@ -456,7 +456,7 @@ class Stop:
     def from_wire(cls, data: Any, extras: Any) -> Stop:
         headers = _headers(extras)
         try:
-            status = Status(headers.get("status"))
+            status = Status(headers.get("status", ""))
         except ValueError:
             raise EventError("headers.status is not a reply status") from None
         return cls(
@@ -493,7 +493,7 @@ class Refusal:
     def from_wire(cls, data: Any, extras: Any) -> Refusal:
         headers = _headers(extras)
         try:
-            reason = RefusalReason(headers.get("reason"))
+            reason = RefusalReason(headers.get("reason", ""))
         except ValueError:
             raise EventError("headers.reason is not a refusal reason") from None
         prompt_id = _uuid_header(headers, "promptId") if headers.get("promptId") else None
