@@ -314,7 +314,9 @@ class Device:
             self.transcript.apply(message)
             self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = REPLY_TIMEOUT) -> T:
+    async def wait_for(
+        self, predicate: Callable[[], T | None], timeout: float = REPLY_TIMEOUT
+    ) -> T:
         async with asyncio.timeout(timeout):
             while True:
                 result = predicate()

@@ -112,7 +112,7 @@ def expected(fixture: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_the_fixtures_cover_both_patterns_and_every_way_a_reply_ends():
+def test_the_fixtures_cover_both_patterns_and_every_way_a_reply_ends() -> None:
     assert len(NAMES) >= 7
     patterns = {name.split("-")[1] for name in NAMES}
     assert patterns == {"response", "token"}
@@ -123,7 +123,7 @@ def test_the_fixtures_cover_both_patterns_and_every_way_a_reply_ends():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_python_fold_shows_what_the_database_stored(name):
+def test_the_python_fold_shows_what_the_database_stored(name: str) -> None:
     fixture = load(name)
     transcript = fold(fixture["messages"], fixture["agentClientId"])
     assert shown(transcript) == expected(fixture)
@@ -133,7 +133,7 @@ def test_the_python_fold_shows_what_the_database_stored(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sdk_messages_fold_exactly_like_wire_dicts(name):
+def test_sdk_messages_fold_exactly_like_wire_dicts(name: str) -> None:
     fixture = load(name)
     if not all(isinstance(m.get("action"), int) for m in fixture["messages"]):
         pytest.skip("ably-python decodes wire messages (numeric actions) only")
@@ -143,7 +143,7 @@ def test_sdk_messages_fold_exactly_like_wire_dicts(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_browser_fold_agrees_with_the_python_fold_after_every_message(name):
+def test_the_browser_fold_agrees_with_the_python_fold_after_every_message(name: str) -> None:
     fixture = load(name)
     python = python_steps(fixture, fixture["messages"])
     browser = browser_steps()[name]
