@@ -7,10 +7,12 @@ subscribing devices as raw JSON-protocol websocket clients (`bench.rawably`: one
 SDK per device, so the subscriber side stays cheap; every device is its own connection).
 
 For every conversation the first device publishes "Say exactly: <unique text>" and both devices
-rebuild the reply from what arrives. Per emitted delta, latency = arrival of the Ably message
-that completes it at a device - the tap's emission time (same host clock). Fragments are
-checked against the exact expected text: duplicated, reordered and lost (deltas that never
-arrived in order) must all be 0. Published messages per reply come from the publisher (the
+rebuild the reply from what arrives with the product's fold (`conversations.transcript`): its
+final status must be `complete` and its text exactly the expected text. Per emitted delta,
+latency = arrival of the Ably message that completes it at a device - the tap's emission time
+(same host clock). Fragments are also checked in arrival order against the exact expected text:
+duplicated, reordered and lost (deltas that never arrived in order) must all be 0, even where
+the fold would have hidden them. Published messages per reply come from the publisher (the
 agent's own per-reply log line, + its `start` and `stop`), CPU from /proc.
 
 The agent's CPU is also split by thread (/proc/<pid>/task: the event loop is the main thread,
@@ -42,6 +44,7 @@ import httpx
 from bench import common
 from bench.agent_process import DATABASE_THREAD_NAME
 from bench.rawably import RawAblyClient, RawAblyError, open_clients
+from conversations.transcript import FoldedReply, Transcript
 
 TOKENS_PER_SECOND = 80.0
 TTFT_MS = 300.0
@@ -77,14 +80,34 @@ def reply_text(index: int, tokens: int) -> str:
     return " ".join(words) + "."
 
 
+def _agent_transcript() -> Transcript:
+    return Transcript(AGENT_CLIENT_ID)
+
+
 @dataclass
 class DeviceView:
-    """What one device received for one conversation."""
+    """What one device received for one conversation: the reply as the page would show it
+    (`transcript`), and every text fragment with its arrival time, in arrival order."""
 
     fragments: list[tuple[float, str, int | None, bool]] = field(default_factory=list)
     agent_messages: int = 0
+    # When the reply became final here (its first `stop`).
     stopped_at: float | None = None
-    stop_status: str = ""
+    transcript: Transcript = field(default_factory=_agent_transcript)
+
+    @property
+    def reply(self) -> FoldedReply | None:
+        return next(iter(self.transcript.replies.values()), None)
+
+    @property
+    def stop_status(self) -> str:
+        reply = self.reply
+        return str(reply.status) if reply is not None and reply.final else ""
+
+    @property
+    def text(self) -> str:
+        reply = self.reply
+        return reply.text if reply is not None else ""
 
 
 @dataclass
@@ -198,6 +221,8 @@ class Outcome:
     reordered: int
     incomplete: int
     repaired: int
+    # Devices whose reply ended `complete` with other text than the model's.
+    wrong_text: int
     limit_rejections: int
     published_per_reply: float
     delivered_per_reply: float
@@ -220,6 +245,7 @@ class Outcome:
         return (
             self.limit_rejections == 0
             and self.incomplete == 0
+            and self.wrong_text == 0
             and self.lost == 0
             and self.duplicated == 0
             and self.reordered == 0
@@ -258,6 +284,7 @@ class Outcome:
             "duplicated": self.duplicated,
             "reordered": self.reordered,
             "incomplete": self.incomplete,
+            "wrong_text": self.wrong_text,
             "repaired": self.repaired,
             "limit_rejections": self.limit_rejections,
             "published_per_reply": self.published_per_reply,
@@ -290,7 +317,8 @@ class Outcome:
 def analyse_device(
     view: DeviceView, expected: str, emissions: Sequence[tuple[float, int]], *, seq_per_delta: bool
 ) -> tuple[list[float], int, int, int, int]:
-    """(latencies ms, lost deltas, duplicated, reordered and repaired fragments) for one device."""
+    """(latencies ms, lost deltas, duplicated fragments, reordered fragments, repairs) for one
+    device, from its fragments in arrival order."""
     arrivals: list[tuple[float, int]] = []  # (time, text complete up to this offset)
     duplicated = reordered = repaired = 0
     if seq_per_delta:
@@ -410,6 +438,7 @@ class Devices:
                 return
             view = self.views[(conversation, device)]
             view.agent_messages += 1
+            reply = view.transcript.apply(message)
             name = message.get("name")
             headers = (message.get("extras") or {}).get("headers") or {}
             if name in ("response", "token", "snapshot"):
@@ -419,9 +448,8 @@ class Devices:
                 replaces = name == "snapshot" or (name == "response" and action == 1)
                 seq = headers.get("seq") if name == "token" else None
                 view.fragments.append((arrived, data, seq, replaces))
-            elif name == "stop" and view.stopped_at is None:
+            if view.stopped_at is None and reply is not None and reply.final:
                 view.stopped_at = arrived
-                view.stop_status = str(headers.get("status", ""))
                 self.remaining -= 1
                 if self.remaining == 0:
                     self.all_stopped.set()
@@ -590,7 +618,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
 
     by_text = {reply["text"]: reply for reply in replies}
     latencies: list[float] = []
-    lost = duplicated = reordered = incomplete = repaired = 0
+    lost = duplicated = reordered = incomplete = repaired = wrong_text = 0
     delivered = 0
     tokens = 0
     from emulators.anthropic.tokens import count_tokens
@@ -614,10 +642,16 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                 # here, and its fragments are not judged (its text is incomplete by design).
                 incomplete += 1
                 continue
+            if view.text != text:
+                wrong_text += 1
             lost += found[1]
             duplicated += found[2]
             reordered += found[3]
             repaired += found[4]
+    if wrong_text:
+        notes.append(
+            f"{wrong_text} device(s) showed a complete reply whose text is not the model's"
+        )
     peak_streams, stream_rate = peak_concurrency(replies)
     return Outcome(
         scenario=scenario,
@@ -627,6 +661,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         reordered=reordered,
         incomplete=incomplete,
         repaired=repaired,
+        wrong_text=wrong_text,
         limit_rejections=limit_rejections,
         published_per_reply=published_per_reply,
         delivered_per_reply=delivered / (n * DEVICES_PER_CONVERSATION),

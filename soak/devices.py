@@ -4,8 +4,9 @@
 connection and replays what was missed, so that is enough. After an outage longer than the
 connection state TTL (2 minutes) the connection cannot be resumed: the channel re-attaches
 without the RESUMED flag and whatever was published meanwhile never arrives live. This device
-then reads the channel's history and replays it through the same rendering, which de-duplicates
-(by seq for tokens; whole-message replacement for responses), exactly as the browser client does.
+then reads the channel's history and replays it through the same fold
+(`conversations.transcript`), which drops what it already has (tokens by seq, `response`
+operations by serial and version), with the same rules as the browser's.
 """
 
 from __future__ import annotations

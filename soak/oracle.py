@@ -8,9 +8,9 @@ puts side by side
   responseIds: answered exactly once?), each one's final status and text, and whether a later
   `stop` contradicted an earlier one (a device that showed `complete`, then `interrupted`);
 - a fresh reader: a new client with a Django-minted token of the conversation's owner that
-  reads the channel's history from the start and renders it the way a device does (agent
-  messages only from the agent's clientId; the latest `response` aggregate, `token`s by seq,
-  `snapshot`s, the last `stop`).
+  reads the channel's history from the start and folds it the way a device and the page do
+  (`conversations.transcript`: agent messages only from the agent's clientId, `response`
+  operations in version order, `token`s by seq, `snapshot`s, the first `stop` final).
 A prompt passes when all of them show the same final status and text, and (where the scenario
 knows it) that is the expected text.
 """
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ably import AblyRest
-from ably.types.message import MessageAction
 
 from conversations import events
+from conversations.transcript import FoldedReply, fold
 
 
 @dataclass
@@ -177,39 +177,22 @@ async def settled_database(
         await asyncio.sleep(0.25)
 
 
+def rendered(reply: FoldedReply) -> Rendered:
+    """What a reader shows of a folded reply: its final status (None while streaming), its text
+    and the status of every `stop` it heard."""
+    return Rendered(
+        str(reply.status) if reply.final else None,
+        reply.text,
+        [str(status) for status in reply.stops],
+    )
+
+
 def render(messages: Iterable[Any], agent_client_id: str) -> dict[str, dict[str, Rendered]]:
     """promptId -> responseId -> what a device shows, from messages in channel order."""
     replies: dict[str, dict[str, Rendered]] = {}
-    texts: dict[tuple[str, str], str] = {}
-    seqs: dict[tuple[str, str], set[int]] = {}
-    for message in messages:
-        if message.name not in events.AGENT_NAMES or message.client_id != agent_client_id:
-            continue
-        headers = (message.extras or {}).get("headers") or {}
-        response_id, prompt_id = headers.get("responseId"), headers.get("promptId")
-        if not response_id or not prompt_id:
-            continue
-        rendered = replies.setdefault(prompt_id, {}).setdefault(response_id, Rendered())
-        part = headers.get("part") or events.Part.TEXT
-        key = (response_id, part)
-        data = message.data if isinstance(message.data, str) else ""
-        if message.name == events.Name.RESPONSE:
-            if message.action == MessageAction.MESSAGE_APPEND:
-                texts[key] = texts.get(key, "") + data
-            else:
-                texts[key] = data
-        elif message.name == events.Name.TOKEN:
-            seq = int(headers.get("seq", -1))
-            if seq not in seqs.setdefault(key, set()):
-                seqs[key].add(seq)
-                texts[key] = texts.get(key, "") + data
-        elif message.name == events.Name.SNAPSHOT:
-            texts[key] = data
-        elif message.name == events.Name.STOP:
-            status = str(headers.get("status"))
-            rendered.statuses.append(status)
-            rendered.status = status
-        rendered.text = texts.get((response_id, events.Part.TEXT), "")
+    for reply in fold(messages, agent_client_id).replies.values():
+        if reply.prompt_id:
+            replies.setdefault(reply.prompt_id, {})[reply.response_id] = rendered(reply)
     return replies
 
 
@@ -246,19 +229,7 @@ async def fresh_reader(conversation_id: str, owner: Any, endpoint: str) -> dict[
 
 def device_view(device: Any, prompt_id: str) -> dict[str, Rendered]:
     """responseId -> what this device rendered for the prompt (its live rendering)."""
-    views: dict[str, Rendered] = {}
-    for response_id, reply in device.replies.items():
-        if reply.prompt_id != prompt_id:
-            continue
-        statuses = [
-            str(((m.extras or {}).get("headers") or {}).get("status"))
-            for m in device.received
-            if m.name == events.Name.STOP
-            and ((m.extras or {}).get("headers") or {}).get("responseId") == response_id
-            and m.client_id == device.agent_client_id
-        ]
-        views[response_id] = Rendered(reply.status, reply.text, statuses)
-    return views
+    return {reply.response_id: rendered(reply) for reply in device.transcript.replies_to(prompt_id)}
 
 
 async def wait_final(sent: list[Sent], timeout: float) -> None:

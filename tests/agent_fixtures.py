@@ -7,8 +7,9 @@
 - `AgentProcess`: `manage.py run_agent` as a subprocess sharing the test database, for
   multi-process, SIGTERM and kill -9 tests.
 - `Device`: a user's device on ably-python (a Django-minted JWT, like the browser's), which
-  publishes prompts and cancels and rebuilds replies exactly as a client must: trusting only
-  the agent's clientId, for both streaming patterns.
+  publishes prompts and cancels and rebuilds replies with the product's own fold
+  (`conversations.transcript`, the same rules as the browser's): trusting only the agent's
+  clientId, for both streaming patterns.
 
 Use with `pytest_plugins = ["tests.agent_fixtures"]` or import the helpers; the database must
 be `transactional_db` so the agent (another thread or process) sees committed rows.
@@ -26,13 +27,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from ably import AblyRealtime
-from ably.types.message import Message as AblyMessage, MessageAction
+from ably.types.message import Message as AblyMessage
 from ably.types.presence import PresenceAction
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -40,6 +40,7 @@ from django.db import connection
 
 from conversations import events, realtime
 from conversations.agent import Agent, AgentConfig
+from conversations.transcript import FoldedReply, Transcript
 
 T = TypeVar("T")
 # In Device.agent_status_history: the agent left presence.
@@ -227,31 +228,8 @@ class AgentProcess:
 # --- the device -------------------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    response_id: str
-    prompt_id: str
-    model: str = ""
-    text: str = ""
-    thinking: str = ""
-    status: str | None = None
-    stop_reason: str | None = None
-    error: str = ""
-    seen_seqs: dict[str, set[int]] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)
-
-    @property
-    def final(self) -> bool:
-        return self.status is not None
-
-    def set_part(self, part: str, text: str) -> None:
-        if part == events.Part.THINKING:
-            self.thinking = text
-        else:
-            self.text = text
-
-    def get_part(self, part: str) -> str:
-        return self.thinking if part == events.Part.THINKING else self.text
+# What a device shows of one reply (text, thinking, status, stop_reason, error, names, final).
+Reply = FoldedReply
 
 
 class Device:
@@ -265,14 +243,10 @@ class Device:
         self.channel_name = events.conversation_channel(conversation_id)
         self.client = AblyRealtime(token=token, **client_options(ably_server.endpoint))
         self.channel = self.client.channels.get(self.channel_name)
-        self.replies: dict[str, Reply] = {}
-        self.by_prompt: dict[str, str] = {}
-        self.serial_parts: dict[str, str] = {}
-        self.ignored: list[AblyMessage] = []
-        # The agent's refusals, trusted from its clientId only (forged ones land in `ignored`).
-        self.refusals: list[events.Refusal] = []
         self.received: list[AblyMessage] = []
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
+        # Every reply as the page shows it, folded from what this device received.
+        self.transcript = Transcript(self.agent_client_id)
         # Every status the agent announced in presence here, in order.
         self.agent_status_history: list[str] = []
         # Every ATTACHED (channel `attached`/`update`), and whether it was RESUMED.
@@ -319,57 +293,30 @@ class Device:
     async def publish_raw(self, name: str, data: Any, extras: dict[str, Any]) -> None:
         await self.channel.publish(AblyMessage(name=name, data=data, extras=extras))
 
+    @property
+    def replies(self) -> dict[str, Reply]:
+        """responseId -> what this device shows of that reply."""
+        return self.transcript.replies
+
+    @property
+    def refusals(self) -> list[events.Refusal]:
+        """The agent's refusals, trusted from its clientId only (forged ones are `ignored`)."""
+        return self.transcript.refusals
+
+    @property
+    def ignored(self) -> list[AblyMessage]:
+        """Agent-only messages from anyone but the agent, and malformed ones."""
+        return self.transcript.ignored
+
     def _on_message(self, message: AblyMessage) -> None:
         self.received.append(message)
-        if message.name not in events.AGENT_NAMES:
-            return
-        if message.client_id != self.agent_client_id:
-            # The contract: agent-only names from anyone else are forgeries.
-            self.ignored.append(message)
-            return
-        if message.name == events.Name.REFUSAL:
-            try:
-                self.refusals.append(events.Refusal.from_wire(message.data, message.extras))
-            except events.EventError:
-                self.ignored.append(message)
+        if message.name in events.AGENT_NAMES:
+            self.transcript.apply(message)
             self._changed.set()
-            return
-        try:
-            headers = events.ReplyHeaders.from_extras(message.extras)
-        except events.EventError:
-            self.ignored.append(message)
-            return
-        reply = self.replies.get(headers.response_id)
-        if reply is None:
-            reply = Reply(headers.response_id, headers.prompt_id, headers.model)
-            self.replies[headers.response_id] = reply
-            self.by_prompt[headers.prompt_id] = headers.response_id
-        reply.names.append(message.name)
-        raw_headers = (message.extras or {}).get("headers", {})
-        part = raw_headers.get("part", events.Part.TEXT)
-        data = message.data if isinstance(message.data, str) else ""
-        if message.name == events.Name.RESPONSE:
-            action = message.action
-            if action == MessageAction.MESSAGE_APPEND:
-                reply.set_part(part, reply.get_part(part) + data)
-            else:  # create, or an update carrying the whole text so far
-                reply.set_part(part, data)
-        elif message.name == events.Name.TOKEN:
-            seq = int(raw_headers.get("seq", -1))
-            seen = reply.seen_seqs.setdefault(part, set())
-            if seq not in seen:
-                seen.add(seq)
-                reply.set_part(part, reply.get_part(part) + data)
-        elif message.name == events.Name.SNAPSHOT:
-            reply.set_part(part, data)
-        elif message.name == events.Name.STOP:
-            stop = events.Stop.from_wire(message.data, message.extras)
-            reply.status = str(stop.status)
-            reply.stop_reason = stop.stop_reason
-            reply.error = stop.error_message
-        self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = REPLY_TIMEOUT) -> T:
+    async def wait_for(
+        self, predicate: Callable[[], T | None], timeout: float = REPLY_TIMEOUT
+    ) -> T:
         async with asyncio.timeout(timeout):
             while True:
                 result = predicate()
@@ -389,8 +336,8 @@ class Device:
         )
 
     def reply_for(self, prompt_id: str) -> Reply | None:
-        response_id = self.by_prompt.get(prompt_id)
-        return self.replies.get(response_id) if response_id else None
+        """The newest reply to the prompt."""
+        return self.transcript.reply_for(prompt_id)
 
     async def started(self, prompt_id: str, timeout: float = REPLY_TIMEOUT) -> Reply:
         return await self.wait_for(lambda: self.reply_for(prompt_id), timeout)

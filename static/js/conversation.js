@@ -6,13 +6,15 @@
 // the attach point), then read history up to that point for the reply still in progress. Live
 // messages that arrive meanwhile wait in a queue and are applied after. Every apply is idempotent,
 // so history and live overlap harmlessly: prompts by promptId, message-per-response operations by
-// their version serial, message-per-token fragments by seq.
+// their version serial, message-per-token fragments by seq (static/js/transcript.js, the fold
+// shared in its rules with conversations/transcript.py and checked against it by test).
 
 import { CONVERSATION_GONE_EVENT, authorizeFor, csrfToken, headersOf, newUuid, userScoped } from "./realtime.js";
 import { attachCopyButton, renderMarkdown, renderPlain } from "./markdown.js";
 // Attachments (issue 17): the composer's files and the list under a prompt.
 import { attachmentsHeader, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
 import { createVersions } from "./versions.js";
+import { createTranscript, newReply, partText } from "./transcript.js";
 
 const HISTORY_PAGE_LIMIT = 1000;
 const HISTORY_MAX_PAGES = 50;
@@ -61,8 +63,9 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   signal.addEventListener("abort", () => composerFileListeners.abort(), { once: true });
 
   const prompts = new Map(); // promptId -> {promptId, text, element, state}
-  const replies = new Map(); // responseId -> Reply
-  const versionBySerial = new Map(); // message serial -> last version serial applied
+  // Each reply's text and status, folded from the channel; the page adds each reply's element.
+  const transcript = createTranscript(contract, { agentClientId: config.agentClientId, onNewReply: showNewReply });
+  const replies = transcript.replies; // responseId -> Reply
   const outbox = []; // prompts typed but not yet accepted by Ably, oldest first
 
   let channel = null;
@@ -252,41 +255,18 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Replies. A reply has one growing text per part (`text`, `thinking`).
+  // Replies. A reply has one growing text per part (`text`, `thinking`), folded by transcript.js.
 
-  function newPart() {
-    // message-per-response: `value`; message-per-token: `base` + fragments by seq from `baseSeq`.
-    return { value: "", base: "", baseSeq: 0, fragments: new Map() };
-  }
-
-  function partText(part) {
-    if (part.fragments.size === 0) return part.value;
-    const seqs = [...part.fragments.keys()].filter((seq) => seq >= part.baseSeq).sort((a, b) => a - b);
-    return part.base + seqs.map((seq) => part.fragments.get(seq)).join("");
-  }
-
-  function replyFor(responseId, promptId) {
-    let reply = replies.get(responseId);
-    if (reply) {
-      if (promptId && !reply.promptId) reply.promptId = promptId;
-      return reply;
-    }
+  // The transcript heard of a new reply (it is in `replies` already): give it its element.
+  function showNewReply(reply) {
+    const { responseId, promptId } = reply;
     removeEmptyNote();
     const element = turnShell("assistant");
     element.dataset.responseId = responseId;
     element.dataset.promptId = promptId || "";
     element.setAttribute("aria-label", "Claude");
-    reply = {
-      responseId,
-      promptId,
-      element,
-      parts: { [PARTS.text]: newPart(), [PARTS.thinking]: newPart() },
-      status: STATUS.streaming,
-      final: false,
-      error: "",
-      renderTimer: null,
-    };
-    replies.set(responseId, reply);
+    reply.element = element;
+    reply.renderTimer = null;
     const prompt = promptId ? prompts.get(promptId) : null;
     if (prompt) prompt.awaitingReply = false;
     // Issue 16: a new version of a prompt's reply replaces the one shown (and what followed it).
@@ -298,7 +278,6 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     versions.adoptWaitingPrompts(element);
     setStreaming(reply, true);
     versions.refresh();
-    return reply;
   }
 
   function placeReply(reply) {
@@ -379,14 +358,13 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     followStream();
   }
 
-  function finishReply(reply, status, errorMessage) {
-    reply.status = status;
-    reply.final = true;
-    reply.error = errorMessage || "";
+  // The transcript made the reply final (its status and error are set): show how it ended.
+  function finishReply(reply) {
+    const status = reply.status;
     renderReply(reply);
     setStreaming(reply, false);
     if (status === STATUS.error) {
-      setNotice(reply.element, errorMessage || "Claude could not answer this time.", "error");
+      setNotice(reply.element, reply.error || "Claude could not answer this time.", "error");
     } else if (status === STATUS.cancelled) {
       setNotice(reply.element, "Stopped.");
     } else if (status === STATUS.interrupted) {
@@ -446,42 +424,32 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   // ---------------------------------------------------------------------------------------------
   // Applying channel messages (live, or from history while hydrating).
 
+  // The agent's own names are trusted (from its clientId only) by the transcript.
   function isTrusted(message) {
-    if (AGENT_NAMES.has(message.name)) return message.clientId === config.agentClientId;
     if (message.name === NAMES.title || message.name === NAMES.path) {
       return message.clientId === config.agentClientId || message.clientId === config.serverClientId;
     }
     return true;
   }
 
-  // message-per-response: an operation on a message serial applies once, in version order.
-  // A history item is the aggregate up to its version serial, so a queued live append that is
-  // already folded into it has a version serial no greater than the one recorded here.
-  function isNewVersion(message) {
-    if (message.action === "message.create") return true;
-    const version = message.version && message.version.serial;
-    // ably-js fills a missing version serial with the message serial: then order is unknowable.
-    if (!message.serial || !version || version === message.serial) return true;
-    const seen = versionBySerial.get(message.serial);
-    if (seen !== undefined && version <= seen) return false;
-    versionBySerial.set(message.serial, version);
-    return true;
-  }
-
-  function replyMessageTarget(message) {
-    const headers = headersOf(message);
-    const responseId = headers.responseId;
-    if (typeof responseId !== "string" || !responseId) {
-      console.warn("Ignoring agent message without responseId", message.name);
-      return null;
+  // start, response, token, snapshot, stop and refusal: folded by the transcript, then shown.
+  function applyAgentMessage(message) {
+    const result = transcript.apply(message);
+    if (!result) return;
+    if (result.ignored) {
+      console.warn(`Ignoring ${result.ignored}`);
+      return;
     }
-    const existing = replies.get(responseId);
-    // A reply Django already stored as final is complete: the channel can only repeat it.
-    if (existing && existing.final && existing.fromDatabase) return null;
-    return { headers, reply: replyFor(responseId, headers.promptId) };
+    if (result.refusal) {
+      applyRefusal(result.refusal);
+      return;
+    }
+    if (result.finished) finishReply(result.reply);
+    else if (result.changed) scheduleRender(result.reply);
   }
 
   function applyMessage(message) {
+    if (AGENT_NAMES.has(message.name)) return applyAgentMessage(message);
     if (!isTrusted(message)) {
       console.warn(`Ignoring ${message.name} from untrusted client ${message.clientId}`);
       return;
@@ -489,23 +457,8 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     switch (message.name) {
       case NAMES.prompt:
         return applyPrompt(message);
-      case NAMES.start: {
-        const target = replyMessageTarget(message);
-        if (target && !target.reply.final) scheduleRender(target.reply);
-        return;
-      }
-      case NAMES.response:
-        return applyResponseChunk(message);
-      case NAMES.token:
-        return applyToken(message);
-      case NAMES.snapshot:
-        return applySnapshot(message);
-      case NAMES.stop:
-        return applyStop(message);
       case NAMES.title:
         return applyTitle(typeof message.data === "string" ? message.data : "");
-      case NAMES.refusal:
-        return applyRefusal(message);
       case NAMES.path:
         return applyPathMessage(message);
       default:
@@ -541,56 +494,11 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     followStream();
   }
 
-  function applyResponseChunk(message) {
-    const target = replyMessageTarget(message);
-    if (!target || target.reply.final) return;
-    if (!isNewVersion(message)) return;
-    const part = target.reply.parts[target.headers.part] || target.reply.parts[PARTS.text];
-    const data = typeof message.data === "string" ? message.data : "";
-    if (message.action === "message.append") part.value += data;
-    else if (message.action === "message.create" || message.action === "message.update") part.value = data;
-    else return;
-    scheduleRender(target.reply);
-  }
-
-  function applyToken(message) {
-    const target = replyMessageTarget(message);
-    if (!target || target.reply.final) return;
-    const part = target.reply.parts[target.headers.part] || target.reply.parts[PARTS.text];
-    const seq = Number(target.headers.seq);
-    if (!Number.isInteger(seq) || seq < part.baseSeq || part.fragments.has(seq)) return;
-    part.fragments.set(seq, typeof message.data === "string" ? message.data : "");
-    scheduleRender(target.reply);
-  }
-
-  function applySnapshot(message) {
-    const target = replyMessageTarget(message);
-    if (!target || target.reply.final) return;
-    const part = target.reply.parts[target.headers.part] || target.reply.parts[PARTS.text];
-    const seqs = [...part.fragments.keys()];
-    // The snapshot covers every fragment before it; later fragments continue from it.
-    const covered = Number.isInteger(Number(target.headers.seq))
-      ? Number(target.headers.seq)
-      : (seqs.length ? Math.max(...seqs) + 1 : 0);
-    part.base = typeof message.data === "string" ? message.data : "";
-    part.value = part.base;
-    part.baseSeq = covered;
-    for (const seq of seqs) if (seq < covered) part.fragments.delete(seq);
-    scheduleRender(target.reply);
-  }
-
-  function applyStop(message) {
-    const target = replyMessageTarget(message);
-    if (!target || target.reply.final) return;
-    const status = FINAL_STATUSES.has(target.headers.status) ? target.headers.status : STATUS.complete;
-    finishReply(target.reply, status, typeof message.data === "string" ? message.data : "");
-  }
-
   // The agent will not answer a prompt (malformed, conversation deleted, not storable): the
   // prompt shows why instead of waiting for a reply that never comes.
-  function applyRefusal(message) {
-    const promptId = headersOf(message).promptId;
-    const reason = typeof message.data === "string" && message.data ? message.data : "Not answered.";
+  function applyRefusal(refusal) {
+    const promptId = refusal.promptId;
+    const reason = refusal.message || "Not answered.";
     const entry = typeof promptId === "string" ? prompts.get(promptId) : undefined;
     if (entry) {
       // A prompt that already has a reply was answered (a refusal can only be a late repeat).
@@ -630,17 +538,12 @@ export function mountConversation(realtime, root, config, hooks = {}) {
       if (!responseId) continue;
       const status = element.dataset.status;
       const thinkingElement = element.querySelector(".turn-thinking-text");
-      const reply = {
-        responseId,
-        promptId: element.dataset.promptId,
+      const reply = Object.assign(newReply(contract, responseId, element.dataset.promptId), {
         element,
-        parts: { [PARTS.text]: newPart(), [PARTS.thinking]: newPart() },
         status,
         final: FINAL_STATUSES.has(status),
-        fromDatabase: true,
-        error: "",
         renderTimer: null,
-      };
+      });
       reply.parts[PARTS.text].value = text;
       if (thinkingElement) reply.parts[PARTS.thinking].value = thinkingElement.textContent;
       replies.set(responseId, reply);
@@ -649,7 +552,6 @@ export function mountConversation(realtime, root, config, hooks = {}) {
         decorateFinalReply(reply);
       } else {
         // Django has the reply as streaming: the channel will bring its text so far, then the rest.
-        reply.fromDatabase = false;
         renderReply(reply);
         setStreaming(reply, true);
       }

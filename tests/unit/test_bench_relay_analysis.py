@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 from bench.agent_relay import (
+    AGENT_CLIENT_ID,
     EXITED_OR_ROUNDING,
+    Devices,
     DeviceView,
     FloorOutcome,
     analyse_device,
@@ -86,6 +88,41 @@ def test_per_delta_sequence_numbers_expose_loss_duplicates_and_reordering():
     )
     assert (lost, duplicated, reordered) == (1, 1, 0)
     assert len(latencies) == 2
+
+
+def token(seq: int, text: str, client_id: str = AGENT_CLIENT_ID) -> dict:
+    headers = {"responseId": "r-1", "promptId": "p-1", "part": "text", "seq": seq}
+    return {"name": "token", "clientId": client_id, "data": text, "extras": {"headers": headers}}
+
+
+def stop(status: str = "complete") -> dict:
+    headers = {"responseId": "r-1", "promptId": "p-1", "status": status}
+    return {"name": "stop", "clientId": AGENT_CLIENT_ID, "data": "", "extras": {"headers": headers}}
+
+
+def test_a_device_shows_the_reply_the_product_folds_and_still_counts_delivery_defects():
+    devices = Devices(1)
+    devices.channel_index = {"ai:x": 0}
+    on_message = devices.listener(0)
+    # Raw wire messages as rawably hands them over: a fragment late, one twice, one forged.
+    for at, message in [
+        (10.05, token(0, "Hello")),
+        (10.2, token(2, " world.")),
+        (10.21, token(1, " there,", client_id="someone")),
+        (10.3, token(1, " there,")),
+        (10.31, token(1, " there,")),
+        (10.4, stop()),
+    ]:
+        on_message(at, "ai:x", message)
+    view = devices.views[(0, 0)]
+    # The fold shows the whole reply, in seq order, once: what the page shows.
+    assert (view.text, view.stop_status, view.stopped_at) == (EXPECTED, "complete", 10.4)
+    assert devices.remaining == 1  # the other device of the conversation saw nothing
+    # Judged by seq in arrival order, the late fragment and the doubled one still count.
+    _, lost, duplicated, reordered, _ = analyse_device(
+        view, EXPECTED, EMISSIONS, seq_per_delta=True
+    )
+    assert (lost, duplicated, reordered) == (0, 1, 1)
 
 
 def test_reply_texts_are_unique_per_conversation_and_sized_in_tokens():
