@@ -93,8 +93,10 @@ class ControlChannel:
         await self.channel.presence.subscribe(self._on_presence)
         await self.channel.presence.enter(events.control_presence_data(self.agent_id))
         await self.refresh()
-        self.channel.on("attached", self._on_channel_state)
-        self.channel.on("update", self._on_channel_state)
+        # Two listeners, not one for both events: ably-python 3.1 keeps one wrapper per listener,
+        # so `off` of a listener registered for two events raises (KeyError inside pyee).
+        self.channel.on("attached", self._on_attached)
+        self.channel.on("update", self._on_update)
 
     async def refresh(self) -> None:
         """Replace the member set with the channel's current presence."""
@@ -105,8 +107,8 @@ class ControlChannel:
     async def stop(self) -> None:
         """Leave (others take this agent's conversations over at once) and stop listening."""
         self._running = False
-        self.channel.off("attached", self._on_channel_state)
-        self.channel.off("update", self._on_channel_state)
+        self.channel.off("attached", self._on_attached)
+        self.channel.off("update", self._on_update)
         self.channel.presence.unsubscribe(self._on_presence)
         if self._refresh is not None:
             self._refresh.cancel()
@@ -133,7 +135,14 @@ class ControlChannel:
                 return
             self._changed(self.membership.present(entry))
 
-    def _on_channel_state(self, state_change: Any) -> None:
+    def _on_attached(self, state_change: Any) -> None:
+        self._reattached(state_change)
+
+    def _on_update(self, state_change: Any) -> None:
+        # An UPDATE while attached with `resumed` false: continuity was lost (RTL12).
+        self._reattached(state_change)
+
+    def _reattached(self, state_change: Any) -> None:
         if not self._running or getattr(state_change, "resumed", True):
             return
         if self._refresh is None or self._refresh.done():
