@@ -82,7 +82,9 @@ async def converged(group: list[Member], expected: set[str]) -> list[str]:
     return views[0]
 
 
-async def test_three_agents_agree_then_a_clean_leave_hands_its_share_to_the_others(server):
+async def test_three_agents_agree_then_a_clean_leave_hands_its_share_to_the_others(
+    server: EmulatorServer,
+) -> None:
     async with members(server, "agent-a", "agent-b", "agent-c") as (a, b, c):
         owners = await converged([a, b, c], {"agent-a", "agent-b", "agent-c"})
         # Each owns a share; nobody else does.
@@ -107,7 +109,9 @@ async def test_three_agents_agree_then_a_clean_leave_hands_its_share_to_the_othe
         assert gained
 
 
-async def test_an_agent_on_two_connections_is_one_member_until_both_go(server):
+async def test_an_agent_on_two_connections_is_one_member_until_both_go(
+    server: EmulatorServer,
+) -> None:
     async with members(server, "agent-a", "agent-b") as (a, old_b):
         await converged([a, old_b], {"agent-a", "agent-b"})
         # agent-b's replacement connection enters while the old one is still present (as after
@@ -124,7 +128,7 @@ async def test_an_agent_on_two_connections_is_one_member_until_both_go(server):
         await converged([a], {"agent-a"})
 
 
-async def test_a_killed_agent_leaves_after_the_presence_timeout(server):
+async def test_a_killed_agent_leaves_after_the_presence_timeout(server: EmulatorServer) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

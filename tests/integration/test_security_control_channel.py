@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from ably.util.exceptions import AblyException
 from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
 
 from conversations import events, realtime
 from conversations.agent.control import ControlChannel
 from conversations.models import Conversation
 from emulators.ably.protocol import Action
+from emulators.ably.server import EmulatorServer
 from emulators.ably.testing import ably_realtime, ably_rest, connected, eventually, run_node_async
 from tests.agent_fixtures import AGENT_KEY_CAPABILITY
 from tests.integration.test_security_isolation import JS_PROBE, RawClient
@@ -35,7 +37,7 @@ CONTROL_ONLY_CAPABILITY = f'{{"{CONTROL}":["presence","subscribe"]}}'
 
 
 @pytest.fixture
-def server(make_ably_server, settings):
+def server(make_ably_server: Callable[..., EmulatorServer], settings: Any) -> EmulatorServer:
     server = make_ably_server(
         keys=[settings.DEV_ABLY_API_KEY, CONTROL_ONLY_KEY],
         key_capabilities={
@@ -49,12 +51,12 @@ def server(make_ably_server, settings):
 
 
 @pytest.fixture(autouse=True)
-def _no_outbox(monkeypatch):
+def _no_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(realtime, "outbox", None)
 
 
 @pytest.fixture
-async def staff(django_user_model):
+async def staff(django_user_model: type[User]) -> User:
     return await sync_to_async(django_user_model.objects.create_superuser)(
         "root", "root@example.com", "root-password-1"
     )
@@ -65,7 +67,7 @@ async def refusal(awaitable: Any) -> int | None:
     try:
         await asyncio.wait_for(awaitable, WAIT)
     except AblyException as error:
-        return error.code
+        return int(error.code)
     return None
 
 
@@ -90,7 +92,7 @@ async def agent_present(server: Any, agent_id: str, key: str) -> AsyncIterator[C
         await client.close()
 
 
-async def user_tokens(alice: Any, staff: Any) -> list[str]:
+async def user_tokens(alice: User, staff: User) -> list[str]:
     """Every kind of token Django mints: unscoped, scoped to a conversation, list page only,
     and a staff member's (who may watch others' conversations)."""
     conversation = await Conversation.objects.acreate(owner=alice)
@@ -104,7 +106,9 @@ async def user_tokens(alice: Any, staff: Any) -> list[str]:
     ]
 
 
-async def test_no_user_token_reaches_the_control_channel_through_ably_python(server, alice, staff):
+async def test_no_user_token_reaches_the_control_channel_through_ably_python(
+    server: EmulatorServer, alice: User, staff: User
+) -> None:
     async with agent_present(server, "agent-a", server.key):
         for token in await user_tokens(alice, staff):
             async with fresh_connection(server, token) as client:
@@ -135,7 +139,9 @@ async def test_no_user_token_reaches_the_control_channel_through_ably_python(ser
             await agent_rest.close()
 
 
-async def test_no_user_token_reaches_the_control_channel_with_raw_frames(server, alice, staff):
+async def test_no_user_token_reaches_the_control_channel_with_raw_frames(
+    server: EmulatorServer, alice: User, staff: User
+) -> None:
     for token in await user_tokens(alice, staff):
         async with RawClient(server, token) as raw:
             assert (await raw.attach(CONTROL))["error"]["code"] == 40160
@@ -153,7 +159,9 @@ async def test_no_user_token_reaches_the_control_channel_with_raw_frames(server,
             assert (entered["action"], entered["error"]["code"]) == (Action.NACK, 40160)
 
 
-async def test_no_user_token_reaches_the_control_channel_through_ably_js(server, alice, staff):
+async def test_no_user_token_reaches_the_control_channel_through_ably_js(
+    server: EmulatorServer, alice: User, staff: User
+) -> None:
     tokens = await user_tokens(alice, staff)
     for token in (tokens[0], tokens[3]):  # alice's and the staff member's unscoped tokens
         result = await run_node_async(
@@ -173,7 +181,9 @@ async def test_no_user_token_reaches_the_control_channel_through_ably_js(server,
         }
 
 
-async def test_the_agent_key_and_a_control_only_key_share_the_control_channel(server):
+async def test_the_agent_key_and_a_control_only_key_share_the_control_channel(
+    server: EmulatorServer,
+) -> None:
     async with agent_present(server, "agent-a", server.key) as a:
         async with agent_present(server, "agent-b", CONTROL_ONLY_KEY) as b:
             both = {"agent-a", "agent-b"}

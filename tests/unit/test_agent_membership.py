@@ -30,7 +30,9 @@ def membership_of(own_id: str, members: set[str]) -> Membership:
 
 @settings(max_examples=60, deadline=None)
 @given(members=member_sets)
-def test_every_conversation_has_exactly_one_owner_and_every_member_agrees(members):
+def test_every_conversation_has_exactly_one_owner_and_every_member_agrees(
+    members: set[str],
+) -> None:
     views = {member: membership_of(member, members) for member in members}
     for conversation in CONVERSATIONS[:100]:
         owners = [member for member, view in views.items() if view.owns(conversation)]
@@ -42,7 +44,7 @@ def test_every_conversation_has_exactly_one_owner_and_every_member_agrees(member
 
 @settings(max_examples=25, deadline=None)
 @given(members=member_sets, joiner=agent_ids)
-def test_a_join_moves_about_one_kth_and_only_to_the_joiner(members, joiner):
+def test_a_join_moves_about_one_kth_and_only_to_the_joiner(members: set[str], joiner: str) -> None:
     members.discard(joiner)
     if not members:
         members = {joiner + "-other"}
@@ -55,7 +57,9 @@ def test_a_join_moves_about_one_kth_and_only_to_the_joiner(members, joiner):
 
 @settings(max_examples=40, deadline=None)
 @given(members=st.sets(agent_ids, min_size=2, max_size=8), data=st.data())
-def test_a_leave_moves_only_the_leavers_conversations(members, data):
+def test_a_leave_moves_only_the_leavers_conversations(
+    members: set[str], data: st.DataObject
+) -> None:
     leaver = data.draw(st.sampled_from(sorted(members)))
     after = members - {leaver}
     for conversation in CONVERSATIONS[:500]:
@@ -66,13 +70,13 @@ def test_a_leave_moves_only_the_leavers_conversations(members, data):
             assert owner_of(conversation, after) == before_owner
 
 
-def test_no_members_no_owner_and_ids_hash_alike_as_uuid_or_string():
+def test_no_members_no_owner_and_ids_hash_alike_as_uuid_or_string() -> None:
     assert owner_of(CONVERSATIONS[0], []) is None
     as_uuid = uuid.UUID(CONVERSATIONS[0])
     assert owner_of(as_uuid, ["a", "b", "c"]) == owner_of(CONVERSATIONS[0], ["a", "b", "c"])
 
 
-def test_ownership_is_pinned_so_every_process_and_version_agrees():
+def test_ownership_is_pinned_so_every_process_and_version_agrees() -> None:
     """Not Python's salted hash(), and not free to change: agents of two releases running side
     by side during a deploy must still agree on every owner."""
     owners = [owner_of(c, ["agent-a", "agent-b", "agent-c"]) for c in CONVERSATIONS[:12]]
@@ -82,7 +86,7 @@ def test_ownership_is_pinned_so_every_process_and_version_agrees():
 # --- the member set ------------------------------------------------------------------------------
 
 
-def test_an_agent_counts_itself_before_its_own_enter_comes_back():
+def test_an_agent_counts_itself_before_its_own_enter_comes_back() -> None:
     membership = Membership("me")
     assert membership.members == {"me"}
     assert all(membership.owns(c) for c in CONVERSATIONS[:20])
@@ -93,7 +97,7 @@ def test_an_agent_counts_itself_before_its_own_enter_comes_back():
     assert membership.present(entry("me")) is None
 
 
-def test_an_agent_on_two_connections_is_one_member_until_both_entries_go():
+def test_an_agent_on_two_connections_is_one_member_until_both_entries_go() -> None:
     membership = Membership("me")
     membership.present(entry("other", "conn-1"))
     assert membership.present(entry("other", "conn-2")) is None
@@ -106,7 +110,7 @@ def test_an_agent_on_two_connections_is_one_member_until_both_entries_go():
     assert membership.members == {"me"}
 
 
-def test_a_leave_for_an_unknown_entry_or_a_repeated_enter_changes_nothing():
+def test_a_leave_for_an_unknown_entry_or_a_repeated_enter_changes_nothing() -> None:
     membership = Membership("me")
     assert membership.absent("nobody", "agent") is None
     membership.present(entry("other"))
@@ -115,16 +119,16 @@ def test_a_leave_for_an_unknown_entry_or_a_repeated_enter_changes_nothing():
     assert membership.members == {"me", "other"}
 
 
-def test_a_snapshot_replaces_what_the_events_said():
+def test_a_snapshot_replaces_what_the_events_said() -> None:
     membership = Membership("me")
     membership.present(entry("gone"))
     change = membership.replace([entry("new"), entry("me")])
     assert change is not None
-    assert (change.joined, change.left) == ({"new"}, {"gone"})
+    assert change.joined == {"new"} and change.left == {"gone"}
     assert membership.members == {"me", "new"}
 
 
-def test_a_change_says_what_moved_to_and_away_from_this_agent():
+def test_a_change_says_what_moved_to_and_away_from_this_agent() -> None:
     membership = Membership("me")
     owned_alone = set(CONVERSATIONS)
     joined = membership.present(entry("other"))
@@ -142,7 +146,7 @@ def test_a_change_says_what_moved_to_and_away_from_this_agent():
     assert left.describe() == "members me (-other)"
 
 
-def test_a_change_between_others_moves_nothing_of_ours():
+def test_a_change_between_others_moves_nothing_of_ours() -> None:
     membership = membership_of("me", {"a", "b"})
     mine = {c for c in CONVERSATIONS if membership.owns(c)}
     change = membership.absent("conn-a", "agent")
