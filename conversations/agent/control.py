@@ -87,12 +87,16 @@ class ControlChannel:
 
     async def start(self) -> None:
         """Subscribe, enter and read the member set; raises what the SDK raises (e.g. 40160)."""
-        self._running = True
         # Subscribe before the snapshot: an event racing it is in both, and applying it twice
         # is harmless; one in neither cannot happen.
-        await self.channel.presence.subscribe(self._on_presence)
-        await self.channel.presence.enter(events.control_presence_data(self.agent_id))
-        await self.refresh()
+        try:
+            await self.channel.presence.subscribe(self._on_presence)
+            await self.channel.presence.enter(events.control_presence_data(self.agent_id))
+            await self.refresh()
+        except BaseException:
+            self.channel.presence.unsubscribe(self._on_presence)
+            raise
+        self._running = True
         # Two listeners, not one for both events: ably-python 3.1 keeps one wrapper per listener,
         # so `off` of a listener registered for two events raises (KeyError inside pyee).
         self.channel.on("attached", self._on_attached)

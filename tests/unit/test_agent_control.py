@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from conversations import events
 from conversations.agent.control import (
     PRESENCE_ABSENT,
@@ -55,7 +57,8 @@ class FakePresence:
         self.listeners.append(listener)
 
     def unsubscribe(self, listener: Callable[[Any], None]) -> None:
-        self.listeners.remove(listener)
+        if listener in self.listeners:
+            self.listeners.remove(listener)
 
     def emit(self, message: FakeMessage) -> None:
         for listener in list(self.listeners):
@@ -96,6 +99,20 @@ async def test_start_enters_with_the_agent_id_and_reads_the_members() -> None:
     assert channel.presence.left == 1
     assert channel.presence.listeners == []
     assert all(not listeners for listeners in channel.state_listeners.values())
+
+
+async def test_a_refused_enter_leaves_nothing_subscribed() -> None:
+    channel = FakeChannel()
+
+    async def refused(data: Any = None) -> None:
+        raise PermissionError("40160")
+
+    channel.presence.enter = refused  # type: ignore[method-assign]
+    control = ControlChannel(channel, "me")
+    with pytest.raises(PermissionError):
+        await control.start()
+    assert channel.presence.listeners == []
+    assert not any(channel.state_listeners.values())
 
 
 async def test_enter_update_present_count_leave_and_absent_remove_others_are_ignored() -> None:
