@@ -42,6 +42,11 @@ Conversation channel contract:
 - `cancel`   any participant -> agent. headers.responseId or headers.promptId.
 - `title`    agent or server -> all. data = the conversation's new title.
 
+Agents' control channel (`AGENTS_CONTROL_CHANNEL`, issue 15): only presence, no messages. Each
+agent process enters with data = {"agentId": <its agent id>} (`control_presence_data`); all
+agents share one clientId, so the agent id in the data is what tells members apart. No user
+token's capability names the channel, so only the agent's key reaches it.
+
 Clients trust `start`/`response`/`token`/`snapshot`/`stop`/`refusal` only from the agent's
 clientId and
 `title` and `path` only from the agent's or the server's; the agent trusts `prompt`/`cancel`/
@@ -58,6 +63,8 @@ from typing import Any
 
 CONVERSATION_CHANNEL_PREFIX = "ai:"
 USER_CHANNEL_PREFIX = "user:"
+# Agents' membership (presence only); a namespace no user token's capability covers.
+AGENTS_CONTROL_CHANNEL = "agents:control"
 
 
 class EventError(ValueError):
@@ -135,6 +142,19 @@ def conversation_id_from_channel(channel_name: str) -> uuid.UUID | None:
 
 def user_channel(client_id: str) -> str:
     return f"{USER_CHANNEL_PREFIX}{client_id}"
+
+
+def control_presence_data(agent_id: str) -> dict[str, str]:
+    """An agent's presence data on `AGENTS_CONTROL_CHANNEL`."""
+    return {"agentId": agent_id}
+
+
+def agent_id_from_control_presence(data: Any) -> str | None:
+    """The agent id in a control-channel presence member's data, or None if it names none."""
+    if not isinstance(data, dict):
+        return None
+    agent_id = data.get("agentId")
+    return agent_id if isinstance(agent_id, str) and agent_id else None
 
 
 def _headers(extras: Any) -> dict[str, Any]:
