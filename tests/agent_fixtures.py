@@ -39,7 +39,8 @@ from django.conf import settings
 from django.db import connection
 
 from conversations import events, realtime
-from conversations.agent import Agent, AgentConfig
+from conversations.agent.config import AgentConfig
+from conversations.agent.supervisor import Agent
 
 T = TypeVar("T")
 # In Device.agent_status_history: the agent left presence.
@@ -273,8 +274,9 @@ class Device:
         self.refusals: list[events.Refusal] = []
         self.received: list[AblyMessage] = []
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
-        # Every status the agent announced in presence here, in order.
+        # Every status the agent showed here, in order (see `_note_agent_status`).
         self.agent_status_history: list[str] = []
+        self.agent_presence_status: str | None = None
         # Every ATTACHED (channel `attached`/`update`), and whether it was RESUMED.
         self.attach_changes: list[str] = []
         self._changed = asyncio.Event()
@@ -294,10 +296,29 @@ class Device:
         if member.client_id != self.agent_client_id:
             return
         if member.action == PresenceAction.LEAVE:
+            self.agent_presence_status = None
             self.agent_status_history.append(LEFT)
         elif isinstance(member.data, dict):
-            self.agent_status_history.append(member.data.get("status", ""))
+            self.agent_presence_status = member.data.get("status", "")
+            self._note_agent_status(force=True)
         self._changed.set()
+
+    def _note_agent_status(self, *, force: bool = False) -> None:
+        """The agent's status as the page shows it: presence, or a reply in progress (thinking
+        until its first text, then streaming), unless presence says `retrying`."""
+        status = self.agent_presence_status
+        if status and status != events.AgentStatus.RETRYING:
+            for reply in self.replies.values():
+                if reply.final:
+                    continue
+                if reply.text or reply.thinking:
+                    status = str(events.AgentStatus.STREAMING)
+                    break
+                status = str(events.AgentStatus.THINKING)
+        if status is None:
+            return
+        if force or self.agent_status_history[-1:] != [status]:
+            self.agent_status_history.append(status)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -367,6 +388,7 @@ class Device:
             reply.status = str(stop.status)
             reply.stop_reason = stop.stop_reason
             reply.error = stop.error_message
+        self._note_agent_status()
         self._changed.set()
 
     async def wait_for(self, predicate: Callable[[], T], timeout: float = REPLY_TIMEOUT) -> T:

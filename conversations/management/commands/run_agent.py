@@ -17,7 +17,8 @@ import uvloop
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations import events
-from conversations.agent import Agent, AgentConfig, ConfigError
+from conversations.agent.config import AgentConfig, ConfigError
+from conversations.agent.supervisor import Agent
 from conversations.agent.config import STREAMING_PATTERNS
 from conversations.agent.identity import AgentIdInUse
 from runtimekit.loop_lag import LoopLagSampler
