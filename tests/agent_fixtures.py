@@ -286,6 +286,11 @@ class Device:
         self.channel.on("update", self._on_attach_change)
         await self.channel.subscribe(self._on_message)
         await self.channel.presence.subscribe(self._on_presence)
+        # The agent's presence as it was before this device attached (no event tells it).
+        if self.agent_presence_status is None:
+            statuses = await self.agent_statuses()
+            if statuses and self.agent_presence_status is None:
+                self.agent_presence_status = statuses[0]
         return self
 
     def _on_attach_change(self, change: Any) -> None:

@@ -324,7 +324,7 @@ class ConversationSession:
             return
         try:
             intake = await db_retrying(
-                store.take_in_prompt,
+                store.record_prompt,
                 self.conversation_id,
                 prompt_id=prompt.prompt_id,
                 text=prompt.text,
@@ -361,6 +361,11 @@ class ConversationSession:
             )
             return
         self.intake_failures.pop(prompt.prompt_id, None)
+        if intake.deleted:
+            self.deleted = True
+            self.writers.clear()
+            self._refuse(message, events.RefusalReason.DELETED, DELETED_MESSAGE, prompt.prompt_id)
+            return
         self.seen_prompt_ids.add(prompt.prompt_id)
         if intake.prompt is None:
             return  # Answered already (by another agent).

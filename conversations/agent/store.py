@@ -333,7 +333,7 @@ def claim_with_context(
 
 @dataclass(frozen=True)
 class Intake:
-    """A prompt taken in (see `take_in_prompt`)."""
+    """A prompt taken in (see `record_prompt`)."""
 
     # None: the prompt already has its first reply (answered elsewhere; nothing stored).
     prompt: Message | None
@@ -342,9 +342,11 @@ class Intake:
     attachment_refusal: str | None = None
     # The shown path with the new prompt on it (None when it was stored before).
     path: events.Path | None = None
+    # The conversation no longer exists (nothing stored): the sender must hear so.
+    deleted: bool = False
 
 
-def take_in_prompt(
+def record_prompt(
     conversation_id: Any,
     *,
     prompt_id: str,
@@ -356,11 +358,15 @@ def take_in_prompt(
 ) -> Intake:
     """Store a prompt, link its attachments and read the shown path: one transaction.
 
-    A prompt whose first reply exists already (another agent answered it) is left alone.
+    A prompt whose first reply exists already (another agent answered it) is left alone; so
+    is one to a conversation deleted since its sender was found allowed to write to it (the
+    session remembers that, see `ConversationSession._may_write`).
     """
     with transaction.atomic():
         if answered_prompt_ids([prompt_id]):
             return Intake(prompt=None)
+        if not conversation_exists(conversation_id):
+            return Intake(prompt=None, deleted=True)
         stored, created = actions.record_prompt(
             conversation_id,
             prompt_id=prompt_id,

@@ -84,6 +84,14 @@ class Agent:
         """The attached conversations, by conversation id."""
         return self.discovery.sessions
 
+    async def open_conversation(
+        self, conversation_id: str, *, history_since_ms: int | None = None
+    ) -> ConversationSession | None:
+        """Attach to a conversation now (see `Discovery.open_conversation`)."""
+        return await self.discovery.open_conversation(
+            conversation_id, history_since_ms=history_since_ms
+        )
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
