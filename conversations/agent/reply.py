@@ -367,8 +367,9 @@ class ReplyRun:
 
     async def _consume(self, context: store.ModelContext) -> None:
         async def on_retry(notice: claude.RetryNotice) -> None:
-            self._retrying = True
-            await self.context.set_status(events.AgentStatus.RETRYING)
+            if not self._retrying:
+                self._retrying = True
+                await self.context.set_status(events.AgentStatus.RETRYING)
 
         assert self.stream is not None
         async with self.context.open_model_stream(self._request(context), on_retry) as stream:
