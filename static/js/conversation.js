@@ -936,10 +936,13 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   function showAgentStatus() {
     if (!agentStatusElement) return;
     const status = shownAgentStatus();
-    agentStatusElement.dataset.agentState = status || "offline";
-    agentStatusElement.textContent = status
+    const label = status
       ? AGENT_STATUS_LABELS[status] || `Claude: ${status}`
       : "Claude is offline — your message will be answered when it is back";
+    // Called on every render of a streaming reply: touch the page only when it changes.
+    if (agentStatusElement.dataset.agentState === (status || "offline") && agentStatusElement.textContent === label) return;
+    agentStatusElement.dataset.agentState = status || "offline";
+    agentStatusElement.textContent = label;
   }
 
   async function refreshPresence() {
