@@ -67,7 +67,7 @@ class TransactionCounter:
 def counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[TransactionCounter]:
     counted = TransactionCounter()
     enter = transaction.Atomic.__enter__
-    execute = CursorWrapper._execute_with_wrappers
+    execute = CursorWrapper._execute_with_wrappers  # type: ignore[attr-defined]
 
     def counting_enter(self: transaction.Atomic) -> None:
         if not transaction.get_connection(self.using).in_atomic_block:
