@@ -289,7 +289,8 @@ def finish_reply(
     """Write a reply's outcome, once. False if it was already final (e.g. swept as interrupted).
 
     `publish` sends the list change after commit (default `realtime.publish`, a blocking HTTP
-    call); the agent passes one that hands it to another thread, off its database thread.
+    call); the agent passes one that sends it from its event loop (`realtime.publish_async`),
+    so its database thread never waits on the network.
     `usage_estimated`: `output_tokens` is the agent's estimate, not the API's count (a reply
     stopped, failed or interrupted before the API reported it). `cache_*_input_tokens`: the
     prompt tokens the API wrote to / read from its prompt cache (not part of `input_tokens`).

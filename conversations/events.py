@@ -109,7 +109,12 @@ class Part(StrEnum):
 
 
 class AgentStatus(StrEnum):
-    """The agent's presence data `status` on a conversation channel."""
+    """The agent's status on a conversation channel, as devices show it.
+
+    The agent's presence data carries `idle` (it is here) or `retrying` (the model is
+    overloaded); `thinking` and `streaming` are what a device derives from a reply in progress
+    (its `start`, then its first text), so a reply costs no presence update.
+    """
 
     IDLE = "idle"
     THINKING = "thinking"

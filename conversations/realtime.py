@@ -1,7 +1,8 @@
 """Everything Django says to Ably: who a user is on Ably, their tokens, and server publishes.
 
 `publish()` and `revoke_tokens()` are called only from `conversations.actions`, inside
-`transaction.on_commit`, so a device never hears about a change that rolled back.
+`transaction.on_commit`, so a device never hears about a change that rolled back (the agent's
+`publish_async()` too: `actions.finish_reply` hands it the list change after commit).
 """
 
 from __future__ import annotations
@@ -191,13 +192,57 @@ def publish(channel: str, event: Event) -> None:
     http, which the local stand-in speaks. The request is what Ably's REST API expects, so the
     same code works against real Ably.
     """
+    request = _server_publish(channel, event)
+    if request is None:
+        return
+    url, message, auth = request
+    try:
+        response = _http_client().post(
+            url,
+            json=message,
+            auth=auth,
+            headers=PUBLISH_HEADERS,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        _log_publish_failure(channel, message, exc)
+
+
+async def publish_async(channel: str, event: Event, client: httpx.AsyncClient) -> None:
+    """`publish` without blocking: for a process on an event loop (the agent), whose loop
+    must never wait on an HTTP call. `client` is that process's own (bound to its loop)."""
+    request = _server_publish(channel, event)
+    if request is None:
+        return
+    url, message, auth = request
+    try:
+        response = await client.post(
+            url,
+            json=message,
+            auth=auth,
+            headers=PUBLISH_HEADERS,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        _log_publish_failure(channel, message, exc)
+
+
+PUBLISH_HEADERS = {"Accept": "application/json", "X-Ably-Version": "5"}
+
+
+def _server_publish(
+    channel: str, event: Event
+) -> tuple[str, dict[str, Any], tuple[str, str]] | None:
+    """The REST request publishing `event` as the server (None: it went to `outbox`)."""
     data = event.data()
     published = PublishedEvent(
         channel=channel, name=str(event.name), data=data, extras=event.extras()
     )
     if outbox is not None:
         outbox.append(published)
-        return
+        return None
     message: dict[str, Any] = {
         "name": published.name,
         "clientId": settings.ABLY_SERVER_CLIENT_ID,
@@ -211,22 +256,14 @@ def publish(channel: str, event: Event) -> None:
         message["encoding"] = "json"
     key = AblyKey(settings.ABLY_API_KEY)
     url = f"{rest_base_url()}/channels/{quote(channel, safe='')}/messages"
-    try:
-        response = _http_client().post(
-            url,
-            json=message,
-            auth=(key.name, key.secret),
-            headers={"Accept": "application/json", "X-Ably-Version": "5"},
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-        )
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        detail = ""
-        if isinstance(exc, httpx.HTTPStatusError):
-            detail = exc.response.text[:500]
-        logger.warning(
-            "Ably publish of %r to %s failed: %s %s", published.name, channel, exc, detail
-        )
+    return url, message, (key.name, key.secret)
+
+
+def _log_publish_failure(channel: str, message: dict[str, Any], exc: httpx.HTTPError) -> None:
+    detail = ""
+    if isinstance(exc, httpx.HTTPStatusError):
+        detail = exc.response.text[:500]
+    logger.warning("Ably publish of %r to %s failed: %s %s", message["name"], channel, exc, detail)
 
 
 def revoke_tokens(client_ids: Iterable[str]) -> None:

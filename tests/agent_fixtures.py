@@ -39,7 +39,8 @@ from django.conf import settings
 from django.db import connection
 
 from conversations import events, realtime
-from conversations.agent import Agent, AgentConfig
+from conversations.agent.config import AgentConfig
+from conversations.agent.supervisor import Agent
 from conversations.transcript import FoldedReply, Transcript
 
 T = TypeVar("T")
@@ -247,8 +248,9 @@ class Device:
         self.agent_client_id = settings.ABLY_AGENT_CLIENT_ID
         # Every reply as the page shows it, folded from what this device received.
         self.transcript = Transcript(self.agent_client_id)
-        # Every status the agent announced in presence here, in order.
+        # Every status the agent showed here, in order (see `_note_agent_status`).
         self.agent_status_history: list[str] = []
+        self.agent_presence_status: str | None = None
         # Every ATTACHED (channel `attached`/`update`), and whether it was RESUMED.
         self.attach_changes: list[str] = []
         self._changed = asyncio.Event()
@@ -258,6 +260,11 @@ class Device:
         self.channel.on("update", self._on_attach_change)
         await self.channel.subscribe(self._on_message)
         await self.channel.presence.subscribe(self._on_presence)
+        # The agent's presence as it was before this device attached (no event tells it).
+        if self.agent_presence_status is None:
+            statuses = await self.agent_statuses()
+            if statuses and self.agent_presence_status is None:
+                self.agent_presence_status = statuses[0]
         return self
 
     def _on_attach_change(self, change: Any) -> None:
@@ -268,10 +275,29 @@ class Device:
         if member.client_id != self.agent_client_id:
             return
         if member.action == PresenceAction.LEAVE:
+            self.agent_presence_status = None
             self.agent_status_history.append(LEFT)
         elif isinstance(member.data, dict):
-            self.agent_status_history.append(member.data.get("status", ""))
+            self.agent_presence_status = member.data.get("status", "")
+            self._note_agent_status(force=True)
         self._changed.set()
+
+    def _note_agent_status(self, *, force: bool = False) -> None:
+        """The agent's status as the page shows it: presence, or a reply in progress (thinking
+        until its first text, then streaming), unless presence says `retrying`."""
+        status = self.agent_presence_status
+        if status and status != events.AgentStatus.RETRYING:
+            for reply in self.replies.values():
+                if reply.final:
+                    continue
+                if reply.text or reply.thinking:
+                    status = str(events.AgentStatus.STREAMING)
+                    break
+                status = str(events.AgentStatus.THINKING)
+        if status is None:
+            return
+        if force or self.agent_status_history[-1:] != [status]:
+            self.agent_status_history.append(status)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -312,6 +338,7 @@ class Device:
         self.received.append(message)
         if message.name in events.AGENT_NAMES:
             self.transcript.apply(message)
+            self._note_agent_status()
             self._changed.set()
 
     async def wait_for(

@@ -1,8 +1,14 @@
-"""The asyncio agent behind `manage.py run_agent` (see `agent.py` for the shape of the work)."""
+"""The asyncio agent behind `manage.py run_agent`.
 
-from __future__ import annotations
+Each concern has its file, and each file imports only those below it:
 
-from .agent import Agent, ConversationSession, ReplyRun
-from .config import AgentConfig, ConfigError
-
-__all__ = ["Agent", "AgentConfig", "ConfigError", "ConversationSession", "ReplyRun"]
+- `supervisor`: the `Agent` process (lease, start, janitor, sweeper, shutdown).
+- `discovery`: finding conversations to attach (lifecycle events, channel listing, catch-up).
+- `session`: one attached conversation (intake of prompts, cancels and regenerates, refusals,
+  the queue and its worker, presence).
+- `recovery`: settling replies a gone agent left (interrupted, saved but never announced).
+- `reply`: one answer (`ReplyRun`), driven through a `ReplyContext`.
+- `titles`, `streaming` (text onto the channel), `model` (Claude), `store` (database reads and
+  the agent's units of work), `attachments`, `identity` (the agent id's lease), `pool` (Ably
+  connections), `config`.
+"""

@@ -20,11 +20,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from conversations import realtime, tree
+from conversations import actions, events, realtime, tree
 from conversations.agent import attachments
 from conversations.agent.model import CHARS_PER_TOKEN
 from conversations.models import AgentLease, Conversation, Message
@@ -270,6 +270,114 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
         first_exchange=not pairs,
         needs_title=not conversation.title and not conversation.title_set_by_user,
     )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim attempt found (see `claim_with_context`)."""
+
+    # The reply row, now this agent's to answer; None if nothing was claimed.
+    reply: Message | None = None
+    # Earlier replies of the conversation still streaming: nothing was claimed, wait for them.
+    waiting_for: tuple[Message, ...] = ()
+    context: ModelContext | None = None
+    # The shown path once the reply is in it.
+    path: events.Path | None = None
+    # Prompts the sender sent within the rate window before this one (0 when not counted).
+    recent_prompts: int = 0
+
+
+def claim_with_context(
+    prompt: Message,
+    *,
+    response_id: str,
+    model: str,
+    agent_id: str,
+    request_id: str | None,
+    wait_for_earlier: bool,
+    default_system: str,
+    token_budget: int,
+    rate_window_start: datetime.datetime | None,
+) -> Claim:
+    """Claim the reply and read all it needs to start, in one transaction.
+
+    Everything a reply reads before it streams (earlier replies still in progress, the claim,
+    the sender's recent prompts, the model context, the shown path) is one unit of work: one
+    round to the database thread per reply instead of five. `wait_for_earlier`: when an earlier
+    reply of the conversation is still streaming nothing is claimed and `waiting_for` says which
+    (the caller settles orphans, waits and asks again).
+    """
+    with transaction.atomic():
+        if wait_for_earlier:
+            earlier = earlier_replies_in_progress(prompt, including_own=request_id is not None)
+            if earlier:
+                return Claim(waiting_for=tuple(earlier))
+        reply = actions.claim_reply(
+            prompt,
+            response_id=response_id,
+            model=model,
+            agent_id=agent_id,
+            request_id=request_id,
+        )
+        if reply is None:
+            return Claim()
+        recent = (
+            prompts_since(str(prompt.client_id), rate_window_start, excluding=prompt.pk)
+            if rate_window_start is not None
+            else 0
+        )
+        context = model_context(prompt, default_system=default_system, token_budget=token_budget)
+        path = actions.path_event(prompt.conversation_id)
+    return Claim(reply=reply, context=context, path=path, recent_prompts=recent)
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A prompt taken in (see `record_prompt`)."""
+
+    # None: the prompt already has its first reply (answered elsewhere; nothing stored).
+    prompt: Message | None
+    created: bool = False
+    # Why its attachments may not be used (issue 17), or None.
+    attachment_refusal: str | None = None
+    # The shown path with the new prompt on it (None when it was stored before).
+    path: events.Path | None = None
+    # The conversation no longer exists (nothing stored): the sender must hear so.
+    deleted: bool = False
+
+
+def record_prompt(
+    conversation_id: Any,
+    *,
+    prompt_id: str,
+    text: str,
+    client_id: str,
+    parent_id: str | None,
+    edit_of: str | None,
+    attachment_ids: list[str],
+) -> Intake:
+    """Store a prompt, link its attachments and read the shown path: one transaction.
+
+    A prompt whose first reply exists already (another agent answered it) is left alone; so
+    is one to a conversation deleted since its sender was found allowed to write to it (the
+    session remembers that, see `ConversationSession._may_write`).
+    """
+    with transaction.atomic():
+        if answered_prompt_ids([prompt_id]):
+            return Intake(prompt=None)
+        if not conversation_exists(conversation_id):
+            return Intake(prompt=None, deleted=True)
+        stored, created = actions.record_prompt(
+            conversation_id,
+            prompt_id=prompt_id,
+            text=text,
+            client_id=client_id,
+            parent_id=parent_id,
+            edit_of=edit_of,
+        )
+        refusal = attachments.link_to_prompt(stored, attachment_ids)
+        path = actions.path_event(conversation_id) if created else None
+    return Intake(prompt=stored, created=created, attachment_refusal=refusal, path=path)
 
 
 def owner_client_id(conversation_id: Any) -> str | None:

@@ -324,10 +324,18 @@ class ReplyStream(ABC):
 
 
 class MessagePerResponseStream(ReplyStream):
-    """One `response` message per part: created empty, then appended to."""
+    """One `response` message per part: created, then appended to.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    `create_carries_text`: the create holds the part's first text (the agent's way: one
+    message fewer per part, and the first words reach devices with it); otherwise it is
+    created empty and every text is an append.
+    """
+
+    def __init__(self, *args: Any, create_carries_text: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.create_carries_text = create_carries_text
+        # What each part's create holds (the same on a repeat, see `_create_message`).
+        self._create_text: dict[events.Part, str] = {}
         self.serials: dict[events.Part, str | None] = {}
         self._current_part: events.Part | None = None
         self._create_ids: dict[events.Part, str] = {}
@@ -349,13 +357,19 @@ class MessagePerResponseStream(ReplyStream):
     def _create_message(self, part: events.Part) -> Message:
         # Idempotent publishing: a create re-sent by the SDK, or repeated by `_recover` after a
         # lost ack, is the same message to Ably, so devices never see a second, stale create.
-        return self._message(events.Name.RESPONSE, "", self._extras(part), id=self._create_id(part))
+        return self._message(
+            events.Name.RESPONSE,
+            self._create_text.get(part, ""),
+            self._extras(part),
+            id=self._create_id(part),
+        )
 
-    async def _create(self, part: events.Part) -> None:
+    async def _create(self, part: events.Part, text: str = "") -> None:
         if self._current_part is not None and self._current_part != part:
             # B2: a create must not race the previous part's appends.
             await self._gather(self._current_part)
         self._current_part = part
+        self._create_text[part] = text
         try:
             result = await self.channel.publish(self._create_message(part))
             self.serials[part] = first_serial(result)
@@ -369,6 +383,9 @@ class MessagePerResponseStream(ReplyStream):
     async def _send(self, part: events.Part, text: str) -> None:
         self._sent_text[part] += text
         if part not in self.serials:
+            if self.create_carries_text:
+                await self._create(part, text)
+                return
             await self._create(part)
             await self.limiter.acquire()
         if part in self._lost:
@@ -456,6 +473,7 @@ class MessagePerResponseStream(ReplyStream):
     async def _publish_whole(self, part: events.Part, text: str) -> None:
         """A new `response` message with the whole text of `part`, under a fresh random id."""
         self._create_ids[part] = new_message_id()
+        self._create_text[part] = text
         whole = self._message(
             events.Name.RESPONSE, text, self._extras(part), id=self._create_ids[part]
         )
@@ -503,5 +521,8 @@ def reply_stream(
     flush_window: float,
     publish_deadline: Callable[[], float],
 ) -> ReplyStream:
-    cls = MessagePerTokenStream if pattern_is_token else MessagePerResponseStream
-    return cls(channel, reply, limiter, flush_window, publish_deadline)
+    if pattern_is_token:
+        return MessagePerTokenStream(channel, reply, limiter, flush_window, publish_deadline)
+    return MessagePerResponseStream(
+        channel, reply, limiter, flush_window, publish_deadline, create_carries_text=True
+    )

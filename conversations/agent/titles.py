@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anthropic
 
 from conversations import actions
 from conversations.models import Conversation, Message
 
 from . import model as claude
+from .config import AgentConfig
 from .store import db
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,15 @@ def _named_by_user(conversation_id: Any) -> bool:
 class Titles:
     """The agent's title requests: one early per new conversation, one improvement if needed."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        config: AgentConfig,
+        anthropic_client: anthropic.AsyncAnthropic,
+        spawn: Callable[[Awaitable[Any]], None],
+    ) -> None:
+        self.config = config
+        self.anthropic = anthropic_client
+        self.spawn = spawn
         self._early: dict[str, asyncio.Task[bool]] = {}
 
     def start(self, conversation_id: str, prompt: Message) -> None:
@@ -68,12 +76,12 @@ class Titles:
             self._write(conversation_id, f"User: {prompt.text[:TITLE_SOURCE_CHARS]}")
         )
         self._early[conversation_id] = task
-        self.agent.spawn(task)
+        self.spawn(task)
 
     def after_first_reply(self, conversation_id: str, prompt: Message, reply_text: str) -> None:
         """Once the first reply has ended (however it ended), improve the title if needed."""
         early = self._early.pop(conversation_id, None)
-        self.agent.spawn(self._improve(conversation_id, prompt, reply_text, early))
+        self.spawn(self._improve(conversation_id, prompt, reply_text, early))
 
     async def _improve(
         self,
@@ -103,7 +111,7 @@ class Titles:
     async def _write(self, conversation_id: str, transcript: str) -> bool:
         """Ask for a title and apply it unless the user named the conversation; True if the
         model gave one."""
-        config = self.agent.config
+        config = self.config
         request = {
             "model": config.model,
             "max_tokens": TITLE_MAX_TOKENS,
@@ -111,7 +119,7 @@ class Titles:
             "messages": [{"role": "user", "content": transcript}],
         }
         try:
-            text = await claude.complete_text(self.agent.anthropic, request)
+            text = await claude.complete_text(self.anthropic, request)
         except Exception as error:  # noqa: BLE001 - a missing title is cosmetic
             logger.warning("title for %s failed: %r", conversation_id, error)
             return False

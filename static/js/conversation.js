@@ -278,6 +278,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     versions.adoptWaitingPrompts(element);
     setStreaming(reply, true);
     versions.refresh();
+    showAgentStatus();
   }
 
   function placeReply(reply) {
@@ -355,6 +356,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     textElement.dataset.rawText = text;
     renderMarkdown(textElement, text, { streaming: !reply.final });
     reply.element.classList.toggle("is-waiting", !text && !reply.final);
+    showAgentStatus();
     followStream();
   }
 
@@ -818,6 +820,33 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     return { device: phone ? "phone" : "desktop", userAgent: navigator.userAgent.slice(0, 120) };
   }
 
+  // The agent's status: presence says whether it is here and whether the model is overloaded
+  // (`retrying`); a reply in progress says the rest (thinking until its first text, then
+  // writing), so the agent spends no presence update per reply.
+  function shownAgentStatus() {
+    if (!agentStatus || agentStatus === contract.agentStatuses.retrying) return agentStatus;
+    let status = agentStatus;
+    for (const reply of replies.values()) {
+      if (reply.final) continue;
+      const hasText = partText(reply.parts[PARTS.text]) || partText(reply.parts[PARTS.thinking]);
+      if (hasText) return contract.agentStatuses.streaming;
+      status = contract.agentStatuses.thinking;
+    }
+    return status;
+  }
+
+  function showAgentStatus() {
+    if (!agentStatusElement) return;
+    const status = shownAgentStatus();
+    const label = status
+      ? AGENT_STATUS_LABELS[status] || `Claude: ${status}`
+      : "Claude is offline — your message will be answered when it is back";
+    // Called on every render of a streaming reply: touch the page only when it changes.
+    if (agentStatusElement.dataset.agentState === (status || "offline") && agentStatusElement.textContent === label) return;
+    agentStatusElement.dataset.agentState = status || "offline";
+    agentStatusElement.textContent = label;
+  }
+
   async function refreshPresence() {
     if (!channel || !mounted) return;
     let members;
@@ -828,12 +857,7 @@ export function mountConversation(realtime, root, config, hooks = {}) {
     }
     const agent = members.find((member) => member.clientId === config.agentClientId);
     agentStatus = agent ? (agent.data && agent.data.status) || contract.agentStatuses.idle : null;
-    if (agentStatusElement) {
-      agentStatusElement.dataset.agentState = agentStatus || "offline";
-      agentStatusElement.textContent = agentStatus
-        ? AGENT_STATUS_LABELS[agentStatus] || `Claude: ${agentStatus}`
-        : "Claude is offline — your message will be answered when it is back";
-    }
+    showAgentStatus();
     if (!presenceElement) return;
     const mine = members.filter((member) => member.clientId === config.clientId);
     const others = new Set(

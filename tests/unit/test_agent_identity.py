@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from conversations import actions, events
-from conversations.agent import AgentConfig
+from conversations.agent.config import AgentConfig
 from conversations.agent.identity import AgentIdInUse, Lease
 from conversations.agent.store import replies_of_gone_agents
 from conversations.models import AgentLease, Conversation, Message

@@ -17,9 +17,9 @@ import uvloop
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations import events
-from conversations.agent import Agent, AgentConfig, ConfigError
-from conversations.agent.config import STREAMING_PATTERNS
+from conversations.agent.config import STREAMING_PATTERNS, AgentConfig, ConfigError
 from conversations.agent.identity import AgentIdInUse
+from conversations.agent.supervisor import Agent
 from runtimekit.loop_lag import LoopLagSampler
 from runtimekit.quiet_gc import take_over_full_collections
 

@@ -1,0 +1,150 @@
+"""Finding the conversations to attach, and attaching each once.
+
+A conversation is discovered from `[meta]channel.lifecycle` (a device opening its channel), by
+listing the active `ai:` channels (every `discovery_interval`, and once at start-up: devices may
+have prompted while no agent ran), and at start-up from the database (recent activity or
+unanswered prompts). However often it is discovered, it is attached once: one
+`ConversationSession` per conversation, on the connection with the most room (the least recently
+used idle channel makes way when every connection is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from conversations import events
+
+from . import store
+from .ably_adapter import REST_PROTOCOL_VERSION, AblyMessage
+from .pool import PooledConnection
+from .session import ConversationSession, SessionHost
+from .store import db_retrying
+
+logger = logging.getLogger(__name__)
+
+LIFECYCLE_CHANNEL = "[meta]channel.lifecycle"
+OPEN_EVENTS = frozenset({"channel.opened", "channel.region.active"})
+# History is read from a little before the moment a channel opened: the prompt a device
+# publishes right after attaching can land before the agent's own attach completes.
+DISCOVERY_LOOKBACK_SECONDS = 10.0
+FALLBACK_DISCOVERY_INTERVAL = 2.0
+
+
+class Discovery:
+    """The attached conversations (`sessions`) and how they came to be attached."""
+
+    def __init__(self, host: SessionHost) -> None:
+        self.host = host
+        self.sessions: dict[str, ConversationSession] = {}
+        self.opening: dict[str, asyncio.Task[ConversationSession | None]] = {}
+
+    def on_lifecycle(self, message: AblyMessage) -> None:
+        if message.name not in OPEN_EVENTS or self.host.stopping:
+            return
+        details = message.data if isinstance(message.data, dict) else {}
+        channel_name = details.get("channelId") or details.get("name") or ""
+        conversation_id = events.conversation_id_from_channel(channel_name)
+        if conversation_id is None or str(conversation_id) in self.sessions:
+            return
+        opened_ms = message.timestamp or int(time.time() * 1000)
+        since_ms = int(opened_ms - DISCOVERY_LOOKBACK_SECONDS * 1000)
+        self.host.spawn(self.open_conversation(str(conversation_id), history_since_ms=since_ms))
+
+    async def discovery_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.discover_active_channels(
+                lookback_seconds=interval + DISCOVERY_LOOKBACK_SECONDS
+            )
+
+    async def discover_active_channels(self, *, lookback_seconds: float) -> None:
+        """Attach every active `ai:` channel not attached yet (channel enumeration, REST)."""
+        try:
+            assert self.host.pool.rest is not None
+            response = await self.host.pool.rest.request(
+                "GET",
+                "/channels",
+                REST_PROTOCOL_VERSION,
+                params={"prefix": events.CONVERSATION_CHANNEL_PREFIX, "limit": 1000},
+            )
+        except Exception as error:  # noqa: BLE001 - try again next round
+            logger.warning("listing active channels failed: %r", error)
+            return
+        if not 200 <= response.status_code < 300:
+            logger.warning("listing active channels failed: HTTP %s", response.status_code)
+            return
+        since_ms = int((time.time() - lookback_seconds) * 1000)
+        for item in response.items:
+            name = item if isinstance(item, str) else (item or {}).get("channelId", "")
+            conversation_id = events.conversation_id_from_channel(name)
+            if conversation_id is not None and str(conversation_id) not in self.sessions:
+                self.host.spawn(
+                    self.open_conversation(str(conversation_id), history_since_ms=since_ms)
+                )
+
+    async def open_conversation(
+        self, conversation_id: str, *, history_since_ms: int | None = None
+    ) -> ConversationSession | None:
+        """Attach to a conversation (once, however many times it is discovered) and catch up."""
+        conversation_id = str(conversation_id)
+        if conversation_id in self.sessions:
+            session = self.sessions[conversation_id]
+            session.connection.touch(session.channel_name)
+            return session
+        if conversation_id not in self.opening:
+            self.opening[conversation_id] = asyncio.create_task(
+                self._open(conversation_id, history_since_ms)
+            )
+        task = self.opening[conversation_id]
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self.opening.pop(conversation_id, None)
+
+    async def _open(
+        self, conversation_id: str, history_since_ms: int | None
+    ) -> ConversationSession | None:
+        if self.host.stopping:
+            return None
+        # A deleted conversation's channel is attached too: its devices get refusals.
+        deleted = not await db_retrying(store.conversation_exists, conversation_id)
+        channel_name = events.conversation_channel(conversation_id)
+        connection = self.host.pool.for_new_channel()
+        if not connection.has_room(self.host.config.max_channels_per_connection):
+            if not await self._evict_one(connection):
+                logger.error(
+                    "every connection already holds %d busy channels; not attaching %s "
+                    "(run with more --connections)",
+                    len(connection.attached),
+                    channel_name,
+                )
+                return None
+        session = ConversationSession(self.host, conversation_id, connection, deleted=deleted)
+        connection.attached[channel_name] = session
+        self.sessions[conversation_id] = session
+        try:
+            await session.open(history_since_ms=history_since_ms)
+        except Exception:
+            logger.exception("attaching %s failed", channel_name)
+            self.sessions.pop(conversation_id, None)
+            connection.attached.pop(channel_name, None)
+            await session.close(leave=False)
+            return None
+        logger.info("attached %s on connection %d", channel_name, connection.index)
+        return session
+
+    async def _evict_one(self, connection: PooledConnection) -> bool:
+        for session in list(connection.attached.values()):  # least recently used first
+            if not session.busy:
+                await self.close_session(session)
+                return True
+        return False
+
+    async def close_session(self, session: ConversationSession) -> None:
+        self.sessions.pop(session.conversation_id, None)
+        session.connection.attached.pop(session.channel_name, None)
+        await session.close()
+        logger.info("detached %s", session.channel_name)

@@ -1,0 +1,312 @@
+"""The agent process: hears prompts on every `ai:<conversation>` channel and streams Claude's
+answers back (`manage.py run_agent`).
+
+`Agent` holds the agent id's lease (see `identity`), owns the connection pool, the model client
+and the conversations attached (`discovery`), settles what a crashed agent left behind at start
+and every janitor round (`recovery`), sweeps intake for prompts that slipped through, and shuts
+down within a grace period. The work on one channel is a `session.ConversationSession`; one
+answer is a `reply.ReplyRun`.
+
+Module map (each imports only those after it): supervisor → discovery → session → recovery,
+reply, titles → streaming, model, store, identity, pool, config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import anthropic
+import httpx
+
+from conversations import events, realtime
+
+from . import model as claude, store
+from .config import AgentConfig
+from .discovery import FALLBACK_DISCOVERY_INTERVAL, LIFECYCLE_CHANNEL, Discovery
+from .identity import Lease, renew_interval
+from .pool import ConnectionPool
+from .recovery import Recovery
+from .reply import OUTCOME_WRITE_SECONDS, DatabaseReplyStore, ReplyRun, until
+from .session import ConversationSession
+from .store import db
+from .titles import Titles
+
+logger = logging.getLogger(__name__)
+
+# At shutdown, how long leaving the channels and closing the connections may take.
+LEAVE_SECONDS = 1.0
+
+
+class Agent:
+    """The long-running process behind `manage.py run_agent`; every step can be awaited."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        anthropic_client: anthropic.AsyncAnthropic | None = None,
+        pool: ConnectionPool | None = None,
+    ) -> None:
+        self.config = config
+        self.anthropic = anthropic_client or claude.make_client(config)
+        self.pool = pool or ConnectionPool(config)
+        self.runs: set[ReplyRun] = set()
+        self.run_slots = asyncio.Semaphore(config.concurrency)
+        self.stopping = False
+        # Past this (monotonic) time nothing waits for Ably any more: set by shutdown.
+        self.hard_deadline = float("inf")
+        self._background: set[asyncio.Task[Any]] = set()
+        # List changes on their way to the owners' devices (awaited briefly at shutdown).
+        self._list_changes: set[asyncio.Task[Any]] = set()
+        self._http: httpx.AsyncClient | None = None
+        self.titles = Titles(config, self.anthropic, self.spawn)
+        self.recovery = Recovery(config, self.pool)
+        self.reply_store = DatabaseReplyStore(config, self.publish_after_commit)
+        self.discovery = Discovery(self)
+        self._janitor: asyncio.Task[None] | None = None
+        self._discovery: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.lease = Lease(config.agent_id, config.lease_ttl)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when another process took this one's agent id over (see `identity`).
+        self.lease_lost = asyncio.Event()
+        self.started = asyncio.Event()
+
+    @property
+    def sessions(self) -> dict[str, ConversationSession]:
+        """The attached conversations, by conversation id."""
+        return self.discovery.sessions
+
+    async def open_conversation(
+        self, conversation_id: str, *, history_since_ms: int | None = None
+    ) -> ConversationSession | None:
+        """Attach to a conversation now (see `Discovery.open_conversation`)."""
+        return await self.discovery.open_conversation(
+            conversation_id, history_since_ms=history_since_ms
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Hold the agent id, connect, settle what a crash left behind, discover, catch up."""
+        self._loop = asyncio.get_running_loop()
+        self._http = httpx.AsyncClient()
+        await self.lease.acquire()  # AgentIdInUse: another live process has this id.
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="agent lease")
+        await self.pool.connect()
+        await self.recovery.recover_interrupted(took_over=self.lease.previous is not None)
+        discovery_interval = self.config.discovery_interval
+        lifecycle = self.pool.primary.client.channels.get(LIFECYCLE_CHANNEL)
+        try:
+            await lifecycle.subscribe(self.discovery.on_lifecycle)
+            self.pool.primary.reserved = 1
+        except Exception as error:  # noqa: BLE001 - listing active channels still finds them
+            discovery_interval = min(discovery_interval, FALLBACK_DISCOVERY_INTERVAL)
+            logger.error(
+                "cannot subscribe to %s (%r): give the Ably key the subscribe capability on it; "
+                "until then conversations are found by listing active channels every %.0fs",
+                LIFECYCLE_CHANNEL,
+                error,
+                discovery_interval,
+            )
+        since = store.now() - datetime.timedelta(seconds=self.config.catch_up_window)
+        recent = await db(store.conversations_with_recent_activity, since)
+        since_ms = int(since.timestamp() * 1000)
+        await asyncio.gather(
+            *(self.discovery.open_conversation(c, history_since_ms=since_ms) for c in recent)
+        )
+        # Devices may sit on an older conversation and have prompted while no agent ran.
+        await self.discovery.discover_active_channels(lookback_seconds=self.config.catch_up_window)
+        self._janitor = asyncio.create_task(self._janitor_loop(), name="agent janitor")
+        self._sweeper = asyncio.create_task(self._sweeper_loop(), name="agent intake sweeper")
+        self._discovery = asyncio.create_task(
+            self.discovery.discovery_loop(discovery_interval), name="agent discovery"
+        )
+        self.started.set()
+        logger.info(
+            "agent %s ready: %d connections, %d conversations attached, pattern %s",
+            self.config.agent_id,
+            len(self.pool.connections),
+            len(self.sessions),
+            self.config.streaming_pattern,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(renew_interval(self.config.lease_ttl))
+            try:
+                held = await self.lease.renew()
+            except Exception as error:  # noqa: BLE001 - try again next beat
+                logger.warning("renewing the lease on %s failed: %r", self.config.agent_id, error)
+                continue
+            if not held:
+                logger.critical(
+                    "agent id %s was taken over by another process (this one stalled for "
+                    "longer than %.0fs); stopping",
+                    self.config.agent_id,
+                    self.config.lease_ttl,
+                )
+                self.lease.held = False
+                self.lease_lost.set()
+                return
+
+    async def _sweeper_loop(self) -> None:
+        """Every `sweep_interval`: take in prompts that slipped through intake (see module)."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            await self.sweep_once()
+
+    async def sweep_once(self) -> int:
+        now_ms = int(time.time() * 1000)
+        window_start = time.monotonic() - self.config.sweep_window
+        found = 0
+        for session in list(self.sessions.values()):
+            if not session.ready or session.closed or session.last_activity < window_start:
+                continue
+            try:
+                found += await session.sweep(now_ms)
+            except Exception as error:  # noqa: BLE001 - next round
+                logger.warning("sweeping %s failed: %r", session.channel_name, error)
+        return found
+
+    async def shutdown(self, grace_period: float | None = None) -> None:
+        """Stop taking prompts, let in-flight replies finish within the grace period, leave."""
+        grace = self.config.grace_period if grace_period is None else grace_period
+        self.stopping = True
+        # Replies aborted at the end of the grace period still get a moment to say so: up to
+        # 5 s, and no longer than the grace itself (a short grace is a quick stop, `make run`).
+        slack = min(5.0, self.config.publish_deadline, max(1.0, grace))
+        self.hard_deadline = time.monotonic() + grace + slack
+        for task in (self._janitor, self._discovery, self._sweeper):
+            if task is not None:
+                task.cancel()
+        for opening in self.discovery.opening.values():
+            opening.cancel()
+        running = [run for run in self.runs]
+        if running:
+            logger.info("waiting up to %.0fs for %d replies to finish", grace, len(running))
+            deadline = time.monotonic() + grace
+            while self.runs and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for run in list(self.runs):
+                run.abort(events.Status.INTERRUPTED)
+            # Bounded: a reply waiting out an Ably outage is cancelled with its session below,
+            # and the next start settles it as interrupted. Its publish gives up at the hard
+            # deadline; a moment more lets it write its outcome all the same.
+            while self.runs and time.monotonic() < self.hard_deadline + OUTCOME_WRITE_SECONDS:
+                await asyncio.sleep(0.05)
+        # Leaving (presence, detach, closing the connections) waits on Ably, which may be
+        # stopping too (`make run`): bounded, so the process always exits.
+        leave_deadline = max(time.monotonic(), self.hard_deadline) + LEAVE_SECONDS
+        await until(
+            asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True),
+            leave_deadline,
+        )
+        self.sessions.clear()
+        # The owners' lists hear of the last replies' activity before the process goes.
+        if self._list_changes:
+            await until(asyncio.gather(*self._list_changes, return_exceptions=True), leave_deadline)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if not await until(self.pool.close(), leave_deadline):
+            logger.warning("the Ably connections did not close in time; leaving anyway")
+        with contextlib.suppress(Exception):
+            await self.anthropic.close()
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.aclose()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        # Released only now: while the lease is held no other process settles these replies.
+        await self.lease.release()
+        logger.info("agent %s stopped", self.config.agent_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown(grace_period=0)
+            raise
+        try:
+            stopped = asyncio.ensure_future(stop.wait())
+            lost = asyncio.ensure_future(self.lease_lost.wait())
+            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            lost.cancel()
+        finally:
+            await self.shutdown()
+
+    def publish_after_commit(self, channel: str, event: realtime.Event) -> None:
+        """Send a server event (a reply's list change) that `actions` hands over after commit.
+
+        Called on the database thread: the publish runs on the event loop as an async HTTP
+        call, so neither the database thread nor the loop ever waits on the network.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._http is None:
+            realtime.publish(channel, event)  # Not running (a test calling in directly).
+            return
+        http = self._http
+
+        def send() -> None:
+            task = asyncio.ensure_future(realtime.publish_async(channel, event, http))
+            self._list_changes.add(task)
+            task.add_done_callback(self._list_changes.discard)
+
+        loop.call_soon_threadsafe(send)
+
+    def spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- discovery ---------------------------------------------------------------------------
+
+    async def _janitor_loop(self) -> None:
+        """Detach conversations nobody uses: idle, no reply running, no device present."""
+        interval = max(1.0, min(30.0, self.config.idle_detach_after / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for reply in await self.recovery.interrupt_replies_of_gone_agents():
+                    await self.recovery.announce_interrupted(reply)
+                await self.recovery.announce_unsaid_outcomes(
+                    await self.recovery.recently_gone_agent_ids()
+                )
+            except Exception as error:  # noqa: BLE001 - next round
+                logger.warning("settling replies of gone agents failed: %r", error)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.deleted:
+                    if (
+                        not session.busy
+                        and session.last_activity < now - self.config.deleted_linger
+                    ):
+                        await self.discovery.close_session(session)
+                    continue
+                streaming = await db(store.streaming_replies, session.conversation_id)
+                await session.settle_orphans(streaming)
+                if session.busy or session.last_activity > now - self.config.idle_detach_after:
+                    continue
+                # A device still attached would not re-open the channel (no lifecycle event), so
+                # keep the channel while anyone but the agent is present.
+                if await session.has_other_members():
+                    continue
+                await self.discovery.close_session(session)
+
+    # --- testing and operations --------------------------------------------------------------
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no conversation has anything queued or running (for tests and shutdown)."""
+        async with asyncio.timeout(timeout):
+            while any(s.busy for s in self.sessions.values()) or self.discovery.opening:
+                await asyncio.sleep(0.02)
