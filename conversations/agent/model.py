@@ -109,7 +109,7 @@ def retry_delay(error: BaseException, failed_attempts: int, config: AgentConfig)
             continue
         if seconds > 0:
             return min(seconds, MAX_HONOURED_RETRY_AFTER)
-    backoff = min(config.retry_base_delay * 2 ** (failed_attempts - 1), config.retry_max_delay)
+    backoff = min(config.retry_base_delay * 2.0 ** (failed_attempts - 1), config.retry_max_delay)
     return backoff * (1 - 0.25 * random.random())
 
 

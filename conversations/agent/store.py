@@ -235,8 +235,8 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
     in a row); a cancelled or interrupted reply contributes the text the user saw.
     """
     conversation = Conversation.objects.get(pk=prompt.conversation_id)
-    messages = list(Message.objects.filter(conversation_id=prompt.conversation_id))
-    earlier = tree.path_to(messages, prompt.pk)[:-1]
+    stored = list(Message.objects.filter(conversation_id=prompt.conversation_id))
+    earlier = tree.path_to(stored, prompt.pk)[:-1]
     replies = {m.prompt_id: m for m in earlier if m.role == Message.Role.ASSISTANT and m.text}
     pairs = [
         (m, replies[m.prompt_id])
