@@ -18,6 +18,7 @@ from typing import Any
 
 from conversations import actions, events
 from conversations.models import Message
+from conversations.transcript import fold
 
 from . import model as claude, store
 from .ably_adapter import AblyMessage
@@ -133,10 +134,8 @@ class Recovery:
         except Exception as error:  # noqa: BLE001 - unknown: leave it (a reload is right)
             logger.warning("could not read reply %s's history: %r", reply.response_id, error)
             return None
-        return any(
-            message.name == events.Name.STOP and message.client_id == self.config.agent_client_id
-            for message in history
-        )
+        folded = fold(history, self.config.agent_client_id).replies.get(str(reply.response_id))
+        return folded is not None and bool(folded.stops)
 
     async def announce_outcome(self, reply: Message) -> None:
         """The whole stored text of a finished reply, then its `stop`, as the database has it."""
@@ -211,8 +210,6 @@ class Recovery:
         The dead process never wrote its text (no write per token), but Ably kept it: the
         aggregated `response` messages, or the `token`s and `snapshot`s, of this responseId.
         """
-        parts: dict[str, str] = {}
-        tokens: dict[str, dict[int, str]] = {}
         try:
             history = await self._reply_history(reply)
         except Exception as error:  # noqa: BLE001 - the reply stays interrupted, just textless
@@ -220,15 +217,7 @@ class Recovery:
                 "could not read reply %s back from history: %r", reply.response_id, error
             )
             return "", ""
-        for message in history:
-            headers = (message.extras or {}).get("headers") or {}
-            part = headers.get("part") or events.Part.TEXT
-            data = message.data if isinstance(message.data, str) else ""
-            if message.name in (events.Name.RESPONSE, events.Name.SNAPSHOT):
-                parts[part] = data
-                tokens.pop(part, None)
-            elif message.name == events.Name.TOKEN:
-                tokens.setdefault(part, {})[int(headers.get("seq", 0))] = data
-        for part, pieces in tokens.items():
-            parts[part] = parts.get(part, "") + "".join(pieces[seq] for seq in sorted(pieces))
-        return parts.get(events.Part.TEXT, ""), parts.get(events.Part.THINKING, "")
+        # The same fold devices use, trusting only the agent's clientId (a participant's forged
+        # `response` must not become the recorded text).
+        folded = fold(history, self.config.agent_client_id).replies.get(str(reply.response_id))
+        return (folded.text, folded.thinking) if folded is not None else ("", "")
