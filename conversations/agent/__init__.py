@@ -11,4 +11,7 @@ Each concern has its file, and each file imports only those below it:
 - `titles`, `streaming` (text onto the channel), `model` (Claude), `store` (database reads and
   the agent's units of work), `attachments`, `identity` (the agent id's lease), `pool` (Ably
   connections), `config`.
+- `membership` and `control` (issue 15): which agent owns which conversation, from the agents'
+  presence on the control channel.
+- `ably_adapter`: the only module that imports ably-python; every SDK workaround lives there.
 """
