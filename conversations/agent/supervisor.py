@@ -321,7 +321,12 @@ class Agent:
         window_start = time.monotonic() - self.config.sweep_window
         found = 0
         for session in list(self.sessions.values()):
-            if not session.ready or session.closed or session.last_activity < window_start:
+            if (
+                not session.ready
+                or session.closed
+                or session.released
+                or session.last_activity < window_start
+            ):
                 continue
             try:
                 found += await session.sweep(now_ms)
@@ -459,6 +464,12 @@ class Agent:
                 logger.warning("settling replies of gone agents failed: %r", error)
             now = time.monotonic()
             for session in list(self.sessions.values()):
+                if not session.released and not self.owns(session.conversation_id):
+                    # Opened just as it moved away (a discovery racing a rebalance).
+                    self._hand_over(session)
+                    continue
+                if session.released:
+                    continue
                 if session.deleted:
                     if (
                         not session.busy
