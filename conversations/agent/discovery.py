@@ -6,13 +6,21 @@ have prompted while no agent ran), and at start-up from the database (recent act
 unanswered prompts). However often it is discovered, it is attached once: one
 `ConversationSession` per conversation, on the connection with the most room (the least recently
 used idle channel makes way when every connection is full).
+
+With several agent processes (issue 15), each discovers only the conversations it owns
+(`host.owns`, rendezvous hashing over the live agents): the others' are skipped. The ids the
+last listing found are kept (`known_ids`), owned or not, so a membership change can open the
+ones that moved to this agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from conversations import events
 
@@ -20,7 +28,7 @@ from . import store
 from .ably_adapter import REST_PROTOCOL_VERSION, AblyMessage
 from .pool import PooledConnection
 from .session import ConversationSession, SessionHost
-from .store import db_retrying
+from .store import db, db_retrying
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +40,23 @@ DISCOVERY_LOOKBACK_SECONDS = 10.0
 FALLBACK_DISCOVERY_INTERVAL = 2.0
 
 
+class DiscoveryHost(SessionHost, Protocol):
+    """What discovery needs from the agent process besides what a session does."""
+
+    def owns(self, conversation_id: str) -> bool:
+        """Whether this agent answers the conversation (see `membership`)."""
+        ...
+
+
 class Discovery:
     """The attached conversations (`sessions`) and how they came to be attached."""
 
-    def __init__(self, host: SessionHost) -> None:
+    def __init__(self, host: DiscoveryHost) -> None:
         self.host = host
         self.sessions: dict[str, ConversationSession] = {}
         self.opening: dict[str, asyncio.Task[ConversationSession | None]] = {}
+        # Every conversation id the last channel listing found, whoever owns it.
+        self.known_ids: set[str] = set()
 
     def on_lifecycle(self, message: AblyMessage) -> None:
         if message.name not in OPEN_EVENTS or self.host.stopping:
@@ -47,6 +65,9 @@ class Discovery:
         channel_name = details.get("channelId") or details.get("name") or ""
         conversation_id = events.conversation_id_from_channel(channel_name)
         if conversation_id is None or str(conversation_id) in self.sessions:
+            return
+        self.known_ids.add(str(conversation_id))
+        if not self.host.owns(str(conversation_id)):
             return
         opened_ms = message.timestamp or int(time.time() * 1000)
         since_ms = int(opened_ms - DISCOVERY_LOOKBACK_SECONDS * 1000)
@@ -76,13 +97,36 @@ class Discovery:
             logger.warning("listing active channels failed: HTTP %s", response.status_code)
             return
         since_ms = int((time.time() - lookback_seconds) * 1000)
+        listed: set[str] = set()
         for item in response.items:
             name = item if isinstance(item, str) else (item or {}).get("channelId", "")
             conversation_id = events.conversation_id_from_channel(name)
-            if conversation_id is not None and str(conversation_id) not in self.sessions:
-                self.host.spawn(
-                    self.open_conversation(str(conversation_id), history_since_ms=since_ms)
-                )
+            if conversation_id is not None:
+                listed.add(str(conversation_id))
+        self.known_ids = listed
+        for listed_id in listed:
+            if listed_id not in self.sessions and self.host.owns(listed_id):
+                self.host.spawn(self.open_conversation(listed_id, history_since_ms=since_ms))
+
+    async def catch_up_from_database(
+        self,
+        since: datetime.datetime,
+        *,
+        only: Callable[[Iterable[str]], Iterable[str]] | None = None,
+    ) -> None:
+        """Attach the owned conversations with activity or an unanswered prompt since `since`,
+        reading their channels' history from then (`only` narrows the candidates further)."""
+        recent: Iterable[str] = await db(store.conversations_with_recent_activity, since)
+        if only is not None:
+            recent = only(recent)
+        since_ms = int(since.timestamp() * 1000)
+        await asyncio.gather(
+            *(
+                self.open_conversation(c, history_since_ms=since_ms)
+                for c in recent
+                if c not in self.sessions and self.host.owns(c)
+            )
+        )
 
     async def open_conversation(
         self, conversation_id: str, *, history_since_ms: int | None = None

@@ -21,6 +21,13 @@ Per prompt the session makes one database round (store the prompt, link its atta
 the shown path); whether a clientId may write here is asked once per session and remembered
 (forgotten when the conversation turns out deleted). Each reply runs through a `ReplyContext`
 the session builds: the session knows the reply only through that and `ReplyRun`'s abort.
+
+Ownership (issue 15): a conversation is answered by the one agent that owns it (see
+`membership`), and only the owner is in the channel's presence, so devices see one agent. A
+newly owned channel enters presence once the previous owner has left it (or after
+`PRESENCE_HANDOVER_SECONDS`). A session whose conversation moved to another agent is
+`release`d: it leaves presence at once and takes no new prompts, but stays attached while a
+reply is in flight so a cancel still reaches it.
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ UNSAVED_MESSAGE = (
 MAX_INTAKE_FAILURES = 3
 # A refusal is small and not part of a reply: it waits out a short outage only.
 REFUSAL_PUBLISH_SECONDS = 15.0
+# How long a newly owned conversation waits for the previous owner to leave its presence before
+# entering anyway. A live previous owner leaves as soon as it sees the membership change (well
+# under a second); a dead one's presence ends with its control-channel presence.
+PRESENCE_HANDOVER_SECONDS = 5.0
+PRESENCE_HANDOVER_POLL_SECONDS = 0.05
 
 
 class SessionHost(Protocol):
@@ -97,6 +109,10 @@ class SessionHost(Protocol):
         ...
 
     def spawn(self, coroutine: Awaitable[Any]) -> None: ...
+
+    def live_agent_ids(self) -> frozenset[str] | None:
+        """The agent ids live now (the agents' control channel's members); None if unknown."""
+        ...
 
 
 class ConversationSession:
@@ -139,7 +155,13 @@ class ConversationSession:
         # Prompts whose attachments were refused at intake: promptId -> the reason (issue 17).
         self.attachment_refusals: dict[str, str] = {}
         self.last_activity = time.monotonic()
+        # The status shown in this channel's presence (None: not present) and the one to show.
         self.presence_status: events.AgentStatus | None = None
+        self.wanted_status = events.AgentStatus.IDLE
+        # False until the previous owner has left the channel's presence (see the module).
+        self.may_enter_presence = False
+        # The conversation moved to another agent: no presence, no new prompts (see `release`).
+        self.released = False
         self._presence_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self.closed = False
@@ -151,7 +173,11 @@ class ConversationSession:
     async def open(self, *, history_since_ms: int | None) -> None:
         await self.channel.subscribe(self._on_message)
         if not self.deleted:
-            await self.set_status(events.AgentStatus.IDLE)
+            if await self._other_agents_present():
+                self.host.spawn(self._enter_presence_after_previous_owner())
+            else:
+                self.may_enter_presence = True
+                await self.set_status(events.AgentStatus.IDLE)
         backlog = await self._history_since(history_since_ms) if history_since_ms else []
         # Backlog first (oldest first), then whatever arrived live meanwhile: the inbox task
         # starts only now, and duplicates are dropped by promptId.
@@ -215,6 +241,8 @@ class ConversationSession:
 
     async def _handle(self, message: AblyMessage) -> None:
         name = message.name
+        if self.released and name != events.Name.CANCEL:
+            return  # The new owner takes it (the database claim settles any race).
         if name not in (events.Name.PROMPT, events.Name.CANCEL, events.Name.REGENERATE):
             if name in events.AGENT_NAMES and message.client_id != self.host.config.agent_client_id:
                 logger.warning(
@@ -486,8 +514,10 @@ class ConversationSession:
     async def _worker_loop(self) -> None:
         while True:
             prompt, request_id = await self.prompts.get()
-            if self.host.stopping:
-                continue  # Unclaimed: the next agent to start answers it from history.
+            if self.host.stopping or self.released:
+                # Unclaimed: the new owner (or the next agent to start) answers it from history.
+                self.queued_prompt_ids.discard(request_id or str(prompt.prompt_id))
+                continue
             try:
                 async with self.host.run_slots:
                     run = ReplyRun(self.reply_context(), prompt, request_id=request_id)
@@ -550,8 +580,15 @@ class ConversationSession:
     # --- presence and publishing -------------------------------------------------------------
 
     async def set_status(self, status: events.AgentStatus) -> None:
+        """Show `status` in the channel's presence, while this agent owns the conversation."""
+        self.wanted_status = status
         async with self._presence_lock:
-            if status == self.presence_status or self.closed:
+            if (
+                status == self.presence_status
+                or self.closed
+                or self.released
+                or not self.may_enter_presence
+            ):
                 return
             entering = self.presence_status is None
             self.presence_status = status
@@ -580,18 +617,64 @@ class ConversationSession:
             lambda: self.publish(event), self.channel, deadline, f"publishing {event.name}"
         )
 
-    async def live_agent_ids(self) -> set[str] | None:
-        """Agent ids present on this channel (None if unknown). A killed agent drops out when
-        Ably ends its presence (~15 s after the connection died)."""
+    async def _other_agents_present(self) -> bool:
+        """Whether another agent (by agent id) is in this channel's presence."""
+        own = self.host.config
         try:
             members = await self.channel.presence.get()
-        except Exception:  # noqa: BLE001 - unknown: treat every reply as live
-            return None
-        return {
-            str(m.data.get("agentId"))
+        except Exception:  # noqa: BLE001 - unknown: enter (presence is advisory)
+            return False
+        return any(
+            m.client_id == own.agent_client_id
+            and isinstance(m.data, dict)
+            and m.data.get("agentId") != own.agent_id
             for m in members
-            if m.client_id == self.host.config.agent_client_id and isinstance(m.data, dict)
-        }
+        )
+
+    async def _enter_presence_after_previous_owner(self) -> None:
+        """Enter presence once the previous owner left it, so devices never see two agents."""
+        deadline = time.monotonic() + PRESENCE_HANDOVER_SECONDS
+        while not self.closed and time.monotonic() < deadline:
+            if not await self._other_agents_present():
+                break
+            await asyncio.sleep(PRESENCE_HANDOVER_POLL_SECONDS)
+        else:
+            if not self.closed:
+                logger.warning(
+                    "%s: another agent is still present after %.0fs; entering anyway",
+                    self.channel_name,
+                    PRESENCE_HANDOVER_SECONDS,
+                )
+        self.may_enter_presence = True
+        await self.set_status(self.wanted_status)
+
+    async def release(self) -> None:
+        """Another agent owns this conversation now: leave presence at once, take no new prompts.
+
+        A reply in flight goes on (a cancel still reaches it); the caller detaches the channel
+        once the session is no longer busy.
+        """
+        self.released = True
+        async with self._presence_lock:
+            if self.presence_status is None:
+                return
+            self.presence_status = None
+            try:
+                await self.channel.presence.leave()
+            except Exception as error:  # noqa: BLE001 - Ably ends it when the channel detaches
+                logger.warning("leaving presence on %s failed: %r", self.channel_name, error)
+
+    async def reclaim(self) -> None:
+        """Ownership came back before the channel was detached: answer and be present again."""
+        self.released = False
+        if not self.deleted:
+            await self.set_status(self.wanted_status)
+
+    async def live_agent_ids(self) -> frozenset[str] | None:
+        """The live agent ids (None if unknown): the agents' control channel's members, not
+        this channel's presence, where a released previous owner is absent while it still
+        writes its last reply. A killed agent drops out when Ably ends its presence (~15 s)."""
+        return self.host.live_agent_ids()
 
     async def settle_orphans(self, replies: list[Message]) -> list[Message]:
         """Interrupt the `streaming` replies whose agent is no longer present; return the rest."""

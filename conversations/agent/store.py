@@ -178,6 +178,17 @@ def streaming_replies(conversation_id: Any) -> list[Message]:
     )
 
 
+def streaming_replies_of(agent_ids: list[str]) -> list[Message]:
+    """`streaming` replies written by these agent ids (agents that left the control channel)."""
+    return list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            agent_id__in=agent_ids,
+        )
+    )
+
+
 def replies_of_gone_agents(stale_before: datetime.datetime) -> list[Message]:
     """`streaming` replies whose agent id's lease lapsed before `stale_before` (its holder has
     not renewed it since, so it is known gone) or was released (it shut down)."""

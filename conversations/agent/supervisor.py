@@ -1,14 +1,21 @@
-"""The agent process: hears prompts on every `ai:<conversation>` channel and streams Claude's
-answers back (`manage.py run_agent`).
+"""The agent process: hears prompts on the `ai:<conversation>` channels it owns and streams
+Claude's answers back (`manage.py run_agent`).
 
 `Agent` holds the agent id's lease (see `identity`), owns the connection pool, the model client
 and the conversations attached (`discovery`), settles what a crashed agent left behind at start
 and every janitor round (`recovery`), sweeps intake for prompts that slipped through, and shuts
-down within a grace period. The work on one channel is a `session.ConversationSession`; one
+down within a grace period.
+
+Several processes share the work (issue 15, docs/scale-out.md): each is present on the agents'
+control channel (`control`), and a conversation is owned by one of the live agents
+(`membership`, rendezvous hashing). Each attaches only the conversations it owns; when the
+members change, one rebalance at a time opens and catches up what moved here and releases what
+moved away (its in-flight reply finishes first). The database claim stays the exactly-once
+guard while two agents disagree. The work on one channel is a `session.ConversationSession`; one
 answer is a `reply.ReplyRun`.
 
-Module map (each imports only those after it): supervisor → discovery → session → recovery,
-reply, titles → streaming, model, store, identity, pool, config.
+Module map (each imports only those after it): supervisor → control, membership, discovery →
+session → recovery, reply, titles → streaming, model, store, identity, pool, config.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from typing import Any
 import anthropic
 import httpx
 
-from conversations import events, realtime
+from conversations import actions, events, realtime
 
 from . import model as claude, store
 from .config import AgentConfig
+from .control import ControlChannel
 from .discovery import FALLBACK_DISCOVERY_INTERVAL, LIFECYCLE_CHANNEL, Discovery
 from .identity import Lease, renew_interval
+from .membership import MembershipChange
 from .pool import ConnectionPool
 from .recovery import Recovery
 from .reply import OUTCOME_WRITE_SECONDS, DatabaseReplyStore, ReplyRun, until
@@ -41,6 +50,15 @@ logger = logging.getLogger(__name__)
 
 # At shutdown, how long leaving the channels and closing the connections may take.
 LEAVE_SECONDS = 1.0
+# How long joining the agents' control channel may take at start-up.
+CONTROL_JOIN_SECONDS = 15.0
+# Above this many conversations, who owns what is worked out off the event loop (~3 µs per
+# member per conversation).
+MOVES_OFF_LOOP_ABOVE = 2000
+
+
+class ControlChannelUnavailable(RuntimeError):
+    """The agent could not join the agents' control channel: it must not run without it."""
 
 
 class Agent:
@@ -78,11 +96,26 @@ class Agent:
         # Set when another process took this one's agent id over (see `identity`).
         self.lease_lost = asyncio.Event()
         self.started = asyncio.Event()
+        # Presence on the agents' control channel: who is live, hence who owns what.
+        self.control: ControlChannel | None = None
+        # Membership changes not rebalanced yet, and the one rebalance running.
+        self._membership_changes: list[MembershipChange] = []
+        self._rebalancing: asyncio.Task[None] | None = None
+        # Sessions moved to another agent, waiting for their reply in flight to detach.
+        self._handovers: dict[str, asyncio.Task[None]] = {}
 
     @property
     def sessions(self) -> dict[str, ConversationSession]:
         """The attached conversations, by conversation id."""
         return self.discovery.sessions
+
+    def owns(self, conversation_id: str) -> bool:
+        """Whether this agent answers the conversation: the live agents' rendezvous hash."""
+        return self.control is None or self.control.membership.owns(conversation_id)
+
+    def live_agent_ids(self) -> frozenset[str] | None:
+        """The live agents (the control channel's members); None before joining it."""
+        return None if self.control is None else self.control.membership.members
 
     async def open_conversation(
         self, conversation_id: str, *, history_since_ms: int | None = None
@@ -101,12 +134,14 @@ class Agent:
         await self.lease.acquire()  # AgentIdInUse: another live process has this id.
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="agent lease")
         await self.pool.connect()
+        # Before anything is discovered: who owns what decides what this agent attaches.
+        await self._join_control_channel()
         await self.recovery.recover_interrupted(took_over=self.lease.previous is not None)
         discovery_interval = self.config.discovery_interval
         lifecycle = self.pool.primary.client.channels.get(LIFECYCLE_CHANNEL)
         try:
             await lifecycle.subscribe(self.discovery.on_lifecycle)
-            self.pool.primary.reserved = 1
+            self.pool.primary.reserved += 1
         except Exception as error:  # noqa: BLE001 - listing active channels still finds them
             discovery_interval = min(discovery_interval, FALLBACK_DISCOVERY_INTERVAL)
             logger.error(
@@ -117,11 +152,7 @@ class Agent:
                 discovery_interval,
             )
         since = store.now() - datetime.timedelta(seconds=self.config.catch_up_window)
-        recent = await db(store.conversations_with_recent_activity, since)
-        since_ms = int(since.timestamp() * 1000)
-        await asyncio.gather(
-            *(self.discovery.open_conversation(c, history_since_ms=since_ms) for c in recent)
-        )
+        await self.discovery.catch_up_from_database(since)
         # Devices may sit on an older conversation and have prompted while no agent ran.
         await self.discovery.discover_active_channels(lookback_seconds=self.config.catch_up_window)
         self._janitor = asyncio.create_task(self._janitor_loop(), name="agent janitor")
@@ -131,12 +162,134 @@ class Agent:
         )
         self.started.set()
         logger.info(
-            "agent %s ready: %d connections, %d conversations attached, pattern %s",
+            "agent %s ready: %d connections, %d conversations attached, pattern %s, %d agents live",
             self.config.agent_id,
             len(self.pool.connections),
             len(self.sessions),
             self.config.streaming_pattern,
+            len(self.control.membership.members) if self.control else 1,
         )
+
+    # --- sharing the work with the other agents ----------------------------------------------
+
+    async def _join_control_channel(self) -> None:
+        """Enter the agents' control channel and read who else is live; fail fast without it."""
+        channel = self.pool.primary.client.channels.get(events.AGENTS_CONTROL_CHANNEL)
+        control = ControlChannel(
+            channel, self.config.agent_id, on_change=self._on_membership_change
+        )
+        try:
+            async with asyncio.timeout(CONTROL_JOIN_SECONDS):
+                await control.start()
+        except Exception as error:
+            raise ControlChannelUnavailable(
+                f"cannot join the agents' control channel {events.AGENTS_CONTROL_CHANNEL!r} "
+                f"({error!r}): give the Ably key the presence and subscribe capabilities on it. "
+                "Without it this agent cannot tell which conversations are its own, and every "
+                "agent would answer every conversation."
+            ) from error
+        self.control = control
+        self.pool.primary.reserved += 1
+        # The start-up discovery below already asks who owns what; later changes rebalance.
+        self._membership_changes.clear()
+        logger.info(
+            "agent %s joined %s: members %s",
+            self.config.agent_id,
+            events.AGENTS_CONTROL_CHANNEL,
+            ", ".join(sorted(control.membership.members)),
+        )
+
+    def _on_membership_change(self, change: MembershipChange) -> None:
+        """The live agents changed (called on the loop): rebalance, one rebalance at a time."""
+        if self.stopping:
+            return
+        self._membership_changes.append(change)
+        if self._rebalancing is None or self._rebalancing.done():
+            self._rebalancing = asyncio.ensure_future(self._rebalance_loop())
+
+    async def _rebalance_loop(self) -> None:
+        await self.started.wait()
+        while self._membership_changes and not self.stopping:
+            # Changes that came in meanwhile are taken together: the latest membership wins.
+            changes, self._membership_changes = self._membership_changes, []
+            change = MembershipChange(changes[0].own_id, changes[0].before, changes[-1].after)
+            try:
+                await self._rebalance(change)
+            except Exception:
+                logger.exception("rebalancing after %s failed", change.describe())
+
+    async def _rebalance(self, change: MembershipChange) -> None:
+        """Release what moved away, open and catch up what moved here, settle what the agents
+        that left were writing."""
+        candidates = self.discovery.known_ids | set(self.sessions)
+        if len(candidates) > MOVES_OFF_LOOP_ABOVE:
+            moves = await asyncio.to_thread(change.moves, candidates)
+        else:
+            moves = change.moves(candidates)
+        logger.info(
+            "%s; %d conversations moved (%d to this agent, %d away)",
+            change.describe(),
+            moves.moved,
+            len(moves.gained),
+            len(moves.lost),
+        )
+        # Away first: the new owner enters a channel's presence once this agent has left it.
+        for session in list(self.sessions.values()):
+            owned = self.owns(session.conversation_id)
+            if not owned and not session.released:
+                self._hand_over(session)
+            elif owned and session.released:
+                handover = self._handovers.pop(session.conversation_id, None)
+                if handover is not None:
+                    handover.cancel()
+                logger.info("%s is this agent's again", session.channel_name)
+                await session.reclaim()
+        # Then what came here: listed or in the database, caught up from history and the
+        # database (unanswered prompts are queued; answered ones are skipped).
+        since = store.now() - datetime.timedelta(seconds=self.config.catch_up_window)
+        since_ms = int(since.timestamp() * 1000)
+        await asyncio.gather(
+            *(
+                self.discovery.open_conversation(c, history_since_ms=since_ms)
+                for c in self.discovery.known_ids
+                if c not in self.sessions and self.owns(c)
+            )
+        )
+        await self.discovery.catch_up_from_database(
+            since, only=lambda recent: change.moves(recent).gained
+        )
+        await self.discovery.discover_active_channels(lookback_seconds=self.config.catch_up_window)
+        if change.left:
+            await self._settle_replies_of(change.left)
+
+    def _hand_over(self, session: ConversationSession) -> None:
+        task = asyncio.ensure_future(self._release_then_detach(session))
+        self._handovers[session.conversation_id] = task
+        task.add_done_callback(
+            lambda done: (
+                self._handovers.pop(session.conversation_id, None)
+                if self._handovers.get(session.conversation_id) is done
+                else None
+            )
+        )
+
+    async def _release_then_detach(self, session: ConversationSession) -> None:
+        """Leave presence now; detach once the reply in flight (if any) is over."""
+        await session.release()
+        while session.busy and not session.closed:
+            await asyncio.sleep(0.1)
+        if session.released and self.sessions.get(session.conversation_id) is session:
+            await self.discovery.close_session(session)
+
+    async def _settle_replies_of(self, gone: frozenset[str]) -> None:
+        """Interrupt the `streaming` replies of agents that left, in the conversations this
+        agent owns now, and tell their devices (the database picks one settler)."""
+        replies = await db(store.streaming_replies_of, sorted(gone))
+        mine = [r.pk for r in replies if self.owns(str(r.conversation_id))]
+        if not mine:
+            return
+        for reply in await db(actions.interrupt_replies, mine):
+            await self.recovery.announce_interrupted(reply)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -168,7 +321,12 @@ class Agent:
         window_start = time.monotonic() - self.config.sweep_window
         found = 0
         for session in list(self.sessions.values()):
-            if not session.ready or session.closed or session.last_activity < window_start:
+            if (
+                not session.ready
+                or session.closed
+                or session.released
+                or session.last_activity < window_start
+            ):
                 continue
             try:
                 found += await session.sweep(now_ms)
@@ -180,13 +338,17 @@ class Agent:
         """Stop taking prompts, let in-flight replies finish within the grace period, leave."""
         grace = self.config.grace_period if grace_period is None else grace_period
         self.stopping = True
+        if self.control is not None:
+            await self._leave_control_channel()
         # Replies aborted at the end of the grace period still get a moment to say so: up to
         # 5 s, and no longer than the grace itself (a short grace is a quick stop, `make run`).
         slack = min(5.0, self.config.publish_deadline, max(1.0, grace))
         self.hard_deadline = time.monotonic() + grace + slack
-        for task in (self._janitor, self._discovery, self._sweeper):
+        for task in (self._janitor, self._discovery, self._sweeper, self._rebalancing):
             if task is not None:
                 task.cancel()
+        for handover in self._handovers.values():
+            handover.cancel()
         for opening in self.discovery.opening.values():
             opening.cancel()
         running = [run for run in self.runs]
@@ -229,6 +391,22 @@ class Agent:
         # Released only now: while the lease is held no other process settles these replies.
         await self.lease.release()
         logger.info("agent %s stopped", self.config.agent_id)
+
+    async def _leave_control_channel(self) -> None:
+        """First thing at shutdown: others take this agent's conversations over at once."""
+        assert self.control is not None
+        control = self.control
+        if not await until(control.stop(), time.monotonic() + LEAVE_SECONDS):
+            logger.warning("leaving the agents' control channel timed out")
+        if control.membership.members - {self.config.agent_id}:
+            # Another agent answers from now on: devices see it, not this one, while the
+            # replies in flight here finish.
+            await until(
+                asyncio.gather(
+                    *(s.release() for s in self.sessions.values()), return_exceptions=True
+                ),
+                time.monotonic() + LEAVE_SECONDS,
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -286,6 +464,12 @@ class Agent:
                 logger.warning("settling replies of gone agents failed: %r", error)
             now = time.monotonic()
             for session in list(self.sessions.values()):
+                if not session.released and not self.owns(session.conversation_id):
+                    # Opened just as it moved away (a discovery racing a rebalance).
+                    self._hand_over(session)
+                    continue
+                if session.released:
+                    continue
                 if session.deleted:
                     if (
                         not session.busy

@@ -77,14 +77,15 @@ async def test_a_full_connection_detaches_its_least_recently_used_idle_conversat
     conversations = [
         await sync_to_async(Conversation.objects.create)(owner=alice) for _ in range(3)
     ]
-    # Three channels per connection: the lifecycle metachannel and two conversations.
-    agent = await asyncio.to_thread(start_agent, connections=1, max_channels_per_connection=3)
+    # Four channels per connection: the lifecycle metachannel, the agents' control channel
+    # and two conversations.
+    agent = await asyncio.to_thread(start_agent, connections=1, max_channels_per_connection=4)
     ids = [str(c.pk) for c in conversations]
     # Start-up wanted all three (recent activity); the connection holds at most two.
     attached = await agent.acall(lambda: _attached_ids(agent))
     assert len(attached) <= 2
     [connection] = agent.agent.pool.connections
-    assert connection.reserved == 1
+    assert connection.reserved == 2
     for conversation_id in ids:
         session = await agent.acall(lambda c=conversation_id: agent.agent.open_conversation(c))
         assert session is not None

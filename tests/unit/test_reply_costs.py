@@ -140,6 +140,9 @@ class FakeHost:
     def spawn(self, coroutine: Awaitable[Any]) -> None:
         self.tasks.add(asyncio.ensure_future(coroutine))
 
+    def live_agent_ids(self) -> frozenset[str] | None:
+        return None
+
 
 def prompt_message(client_id: str, text: str) -> AblyMessage:
     prompt = events.Prompt(str(uuid.uuid4()), text)

@@ -1,4 +1,5 @@
-"""`manage.py run_agent`: answer prompts on every `ai:<conversation>` channel by streaming Claude."""
+"""`manage.py run_agent`: answer prompts on the `ai:<conversation>` channels this agent owns by
+streaming Claude (with K processes running, each owns about 1/K of the conversations)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from conversations import events
 from conversations.agent.config import STREAMING_PATTERNS, AgentConfig, ConfigError
 from conversations.agent.identity import AgentIdInUse
-from conversations.agent.supervisor import Agent
+from conversations.agent.supervisor import Agent, ControlChannelUnavailable
 from runtimekit.loop_lag import LoopLagSampler
 from runtimekit.quiet_gc import take_over_full_collections
 
@@ -40,11 +41,20 @@ def _reachable(url: str) -> bool:
 
 class Command(BaseCommand):
     help = (
-        "Run the agent: subscribe to prompts on every conversation channel and stream Claude's "
-        "replies back. Settings (ABLY_*, ANTHROPIC_*, CLAUDE_*, STREAMING_PATTERN, "
+        "Run the agent: subscribe to prompts on the conversation channels it owns and stream "
+        "Claude's replies back. Settings (ABLY_*, ANTHROPIC_*, CLAUDE_*, STREAMING_PATTERN, "
         "MAX_PROMPT_CHARS, PROMPT_RATE_LIMIT_PER_MINUTE) come from the environment; the options "
         "below tune the process. SIGTERM/SIGINT finish in-flight replies within the grace "
-        "period, then exit; a second signal exits at once."
+        "period, then exit; a second signal exits at once. "
+        "Scale out by running K processes with the same key and distinct --agent-id (the "
+        f"default is unique): each is present on the Ably channel {events.AGENTS_CONTROL_CHANNEL}"
+        " and attaches, hears and answers only the conversations it owns (rendezvous hashing "
+        "over the live agents, about 1/K each); devices see that one agent in a conversation's "
+        "presence. The key needs the presence and subscribe capabilities on "
+        f'{events.AGENTS_CONTROL_CHANNEL} ({{"*":["*"]}} covers it); without them the agent '
+        "exits at start (code 1). An agent that stops cleanly hands its conversations over at "
+        "once; one that dies, after Ably's presence timeout (~15 s), and its replies in flight "
+        "end as interrupted. See the README's scale-out section."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -295,7 +305,7 @@ class Command(BaseCommand):
             helpers.append(asyncio.create_task(self._log_loop_lag(self.log_loop_lag)))
         try:
             await agent.run(stop)
-        except (ConnectionError, AgentIdInUse) as error:
+        except (ConnectionError, AgentIdInUse, ControlChannelUnavailable) as error:
             raise CommandError(str(error)) from None
         finally:
             for helper in helpers:
