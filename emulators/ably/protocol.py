@@ -103,7 +103,8 @@ def decode_frame(raw: str | bytes, wire_format: str) -> dict[str, Any]:
             decoded = json.loads(raw)
         else:
             decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+    # TypeError: msgpack maps may have maps or arrays as keys, which Python cannot hash.
+    except (ValueError, TypeError, msgpack.UnpackException, UnicodeDecodeError) as exc:
         raise AblyError(40000, f"Unable to decode {wire_format} protocol message: {exc}") from exc
     if not isinstance(decoded, dict):
         raise AblyError(40000, "Protocol message must be an object")
