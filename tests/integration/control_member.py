@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from types import SimpleNamespace
-from typing import Any
 
 
 async def main(endpoint: str, key: str, client_id: str, agent_id: str) -> None:
@@ -21,11 +19,12 @@ async def main(endpoint: str, key: str, client_id: str, agent_id: str) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
     django.setup()
     from conversations import events
+    from conversations.agent.ably_adapter import AblyRealtime, client_options
     from conversations.agent.control import ControlChannel
-    from emulators.ably.testing import ably_realtime, connected
+    from emulators.ably.testing import connected
 
-    server: Any = SimpleNamespace(endpoint=endpoint, key=key)
-    client = await connected(ably_realtime(server, key=key, client_id=client_id))
+    # Built as the product builds its clients (this process has no pytest conftest).
+    client = await connected(AblyRealtime(key=key, **client_options(endpoint, client_id=client_id)))
     control = ControlChannel(client.channels.get(events.AGENTS_CONTROL_CHANNEL), agent_id)
     await control.start()
     print("entered", flush=True)
