@@ -173,8 +173,7 @@ async def open_conversations(count: int, devices_each: int, ably_endpoint: str) 
 
     from conversations import realtime
     from conversations.models import Conversation
-    from soak.devices import Endpoint
-    from tests.agent_fixtures import Device
+    from soak.devices import Device, Endpoint
 
     def create() -> list[tuple[Any, Any, list[str]]]:
         prefix = f"soak{uuid.uuid4().hex[:6]}-"
