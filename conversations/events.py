@@ -149,9 +149,19 @@ def user_channel(client_id: str) -> str:
     return f"{USER_CHANNEL_PREFIX}{client_id}"
 
 
-def control_presence_data(agent_id: str) -> dict[str, str]:
-    """An agent's presence data on `AGENTS_CONTROL_CHANNEL`."""
-    return {"agentId": agent_id}
+def control_presence_data(agent_id: str, *, draining: bool = False) -> dict[str, Any]:
+    """An agent's presence data on `AGENTS_CONTROL_CHANNEL`.
+
+    `draining`: the agent is stopping cleanly. It owns nothing any more (others take its
+    conversations over at once) but is still alive, finishing the replies it was writing, so
+    nobody may settle those as interrupted until it has left.
+    """
+    return {"agentId": agent_id, "draining": True} if draining else {"agentId": agent_id}
+
+
+def control_presence_draining(data: Any) -> bool:
+    """Whether a control-channel presence member's data says it is draining."""
+    return isinstance(data, dict) and data.get("draining") is True
 
 
 def agent_id_from_control_presence(data: Any) -> str | None:

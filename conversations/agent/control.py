@@ -49,6 +49,7 @@ class PresenceMessageLike(Protocol):
 class PresenceLike(Protocol):
     def enter(self, data: Any = None) -> Awaitable[None]: ...
     def leave(self, data: Any = None) -> Awaitable[None]: ...
+    def update(self, data: Any = None) -> Awaitable[None]: ...
     def get(self) -> Awaitable[Sequence[PresenceMessageLike]]: ...
     def subscribe(self, listener: Callable[[Any], None]) -> Awaitable[None]: ...
     def unsubscribe(self, listener: Callable[[Any], None]) -> None: ...
@@ -66,7 +67,8 @@ def presence_entry(message: PresenceMessageLike) -> PresenceEntry | None:
     agent_id = events.agent_id_from_control_presence(message.data)
     if agent_id is None or not message.connection_id:
         return None
-    return PresenceEntry(message.connection_id, message.client_id or "", agent_id)
+    draining = events.control_presence_draining(message.data)
+    return PresenceEntry(message.connection_id, message.client_id or "", agent_id, draining)
 
 
 class ControlChannel:
@@ -107,6 +109,13 @@ class ControlChannel:
         members = await self.channel.presence.get()
         entries = [entry for entry in map(presence_entry, members) if entry is not None]
         self._changed(self.membership.replace(entries))
+
+    async def drain(self) -> None:
+        """Say this agent is stopping: the others take its conversations over at once, but
+        leave the replies it is still finishing alone until it leaves (`stop`)."""
+        await self.channel.presence.update(
+            events.control_presence_data(self.agent_id, draining=True)
+        )
 
     async def stop(self) -> None:
         """Leave (others take this agent's conversations over at once) and stop listening."""

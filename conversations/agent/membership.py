@@ -52,6 +52,8 @@ class PresenceEntry:
     connection_id: str
     client_id: str
     agent_id: str
+    # Stopping cleanly: alive (finishing its replies) but owning nothing.
+    draining: bool = False
 
     @property
     def member_key(self) -> tuple[str, str]:
@@ -73,8 +75,12 @@ class Moves:
 @dataclass(frozen=True)
 class MembershipChange:
     own_id: str
+    # The owning members (live and not draining), before and after.
     before: frozenset[str]
     after: frozenset[str]
+    # Agents with no presence entry left at all: gone, not merely draining. Only their
+    # `streaming` replies may be settled as interrupted.
+    gone: frozenset[str] = frozenset()
 
     @property
     def joined(self) -> frozenset[str]:
@@ -103,7 +109,10 @@ class MembershipChange:
 
     def describe(self) -> str:
         """For the log: `members a, b (+b, -c)`."""
-        delta = [f"+{m}" for m in sorted(self.joined)] + [f"-{m}" for m in sorted(self.left)]
+        delta = [f"+{m}" for m in sorted(self.joined)] + [
+            f"-{m}" if m in self.gone else f"-{m} (draining)" for m in sorted(self.left)
+        ]
+        delta += [f"-{m} (drained)" for m in sorted(self.gone - self.left)]
         return f"members {', '.join(sorted(self.after))} ({', '.join(delta)})"
 
 
@@ -114,13 +123,19 @@ class Membership:
         if not own_id:
             raise ValueError("own agent id must not be empty")
         self.own_id = own_id
-        self._entries: dict[tuple[str, str], str] = {}
+        self._entries: dict[tuple[str, str], PresenceEntry] = {}
         self._members = frozenset({own_id})
+        self._present = frozenset({own_id})
 
     @property
     def members(self) -> frozenset[str]:
-        """The live agent ids; always includes this agent's own."""
+        """The owning agent ids (live, not draining); always includes this agent's own."""
         return self._members
+
+    @property
+    def alive(self) -> frozenset[str]:
+        """Every agent id still present, draining ones included (their replies are live)."""
+        return self._present
 
     def owner_of(self, conversation_id: ConversationId) -> str:
         owner = owner_of(conversation_id, self._members)
@@ -132,7 +147,7 @@ class Membership:
 
     def present(self, entry: PresenceEntry) -> MembershipChange | None:
         """An `enter`, `present` or `update`: the entry is live. The change, if the set changed."""
-        self._entries[entry.member_key] = entry.agent_id
+        self._entries[entry.member_key] = entry
         return self._recompute()
 
     def absent(self, connection_id: str, client_id: str) -> MembershipChange | None:
@@ -142,13 +157,16 @@ class Membership:
 
     def replace(self, entries: Iterable[PresenceEntry]) -> MembershipChange | None:
         """A whole presence snapshot (`presence.get()`): exactly these entries are live."""
-        self._entries = {entry.member_key: entry.agent_id for entry in entries}
+        self._entries = {entry.member_key: entry for entry in entries}
         return self._recompute()
 
     def _recompute(self) -> MembershipChange | None:
-        members = frozenset(self._entries.values()) | {self.own_id}
-        if members == self._members:
+        entries = self._entries.values()
+        # An agent on two connections owns while either entry is not draining.
+        members = frozenset(e.agent_id for e in entries if not e.draining) | {self.own_id}
+        present = frozenset(e.agent_id for e in entries) | {self.own_id}
+        if members == self._members and present == self._present:
             return None
-        change = MembershipChange(self.own_id, self._members, members)
-        self._members = members
+        change = MembershipChange(self.own_id, self._members, members, self._present - present)
+        self._members, self._present = members, present
         return change

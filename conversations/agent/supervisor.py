@@ -114,8 +114,9 @@ class Agent:
         return self.control is None or self.control.membership.owns(conversation_id)
 
     def live_agent_ids(self) -> frozenset[str] | None:
-        """The live agents (the control channel's members); None before joining it."""
-        return None if self.control is None else self.control.membership.members
+        """The live agents (present on the control channel, draining ones too: they are still
+        finishing their replies); None before joining it."""
+        return None if self.control is None else self.control.membership.alive
 
     async def open_conversation(
         self, conversation_id: str, *, history_since_ms: int | None = None
@@ -212,7 +213,10 @@ class Agent:
         while self._membership_changes and not self.stopping:
             # Changes that came in meanwhile are taken together: the latest membership wins.
             changes, self._membership_changes = self._membership_changes, []
-            change = MembershipChange(changes[0].own_id, changes[0].before, changes[-1].after)
+            gone = frozenset().union(*(c.gone for c in changes))
+            if self.control is not None:
+                gone -= self.control.membership.alive  # back since: not gone
+            change = MembershipChange(changes[0].own_id, changes[0].before, changes[-1].after, gone)
             try:
                 await self._rebalance(change)
             except Exception:
@@ -259,8 +263,9 @@ class Agent:
             since, only=lambda recent: change.moves(recent).gained
         )
         await self.discovery.discover_active_channels(lookback_seconds=self.config.catch_up_window)
-        if change.left:
-            await self._settle_replies_of(change.left)
+        # Only agents gone from the channel: a draining one is still finishing its replies.
+        if change.gone:
+            await self._settle_replies_of(change.gone)
 
     def _hand_over(self, session: ConversationSession) -> None:
         task = asyncio.ensure_future(self._release_then_detach(session))
@@ -339,7 +344,7 @@ class Agent:
         grace = self.config.grace_period if grace_period is None else grace_period
         self.stopping = True
         if self.control is not None:
-            await self._leave_control_channel()
+            await self._start_draining()
         # Replies aborted at the end of the grace period still get a moment to say so: up to
         # 5 s, and no longer than the grace itself (a short grace is a quick stop, `make run`).
         slack = min(5.0, self.config.publish_deadline, max(1.0, grace))
@@ -367,6 +372,12 @@ class Agent:
         # Leaving (presence, detach, closing the connections) waits on Ably, which may be
         # stopping too (`make run`): bounded, so the process always exits.
         leave_deadline = max(time.monotonic(), self.hard_deadline) + LEAVE_SECONDS
+        if self.control is not None:
+            # The replies are over: now others may settle whatever this agent left behind.
+            if not await until(
+                self.control.stop(), min(leave_deadline, time.monotonic() + LEAVE_SECONDS)
+            ):
+                logger.warning("leaving the agents' control channel timed out")
         await until(
             asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True),
             leave_deadline,
@@ -392,12 +403,13 @@ class Agent:
         await self.lease.release()
         logger.info("agent %s stopped", self.config.agent_id)
 
-    async def _leave_control_channel(self) -> None:
-        """First thing at shutdown: others take this agent's conversations over at once."""
+    async def _start_draining(self) -> None:
+        """First thing at shutdown: others take this agent's conversations over at once, and
+        leave the replies it is finishing to it until it leaves the channel."""
         assert self.control is not None
         control = self.control
-        if not await until(control.stop(), time.monotonic() + LEAVE_SECONDS):
-            logger.warning("leaving the agents' control channel timed out")
+        if not await until(control.drain(), time.monotonic() + LEAVE_SECONDS):
+            logger.warning("others take over only once this agent has left the control channel")
         if control.membership.members - {self.config.agent_id}:
             # Another agent answers from now on: devices see it, not this one, while the
             # replies in flight here finish.

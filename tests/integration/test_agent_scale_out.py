@@ -269,6 +269,39 @@ async def test_a_clean_stop_hands_the_agents_conversations_over_at_once(
     await assert_answered_once({prompt_id: phone}, lambda c: {"stay"})
 
 
+async def test_a_clean_stop_mid_reply_finishes_that_reply_while_another_agent_takes_over(
+    start_agent, devices, alice, anthropic_server
+):
+    # Stopping cleanly, an agent first says it drains: the others own its conversations from
+    # then on, but must not settle the reply it is still finishing as interrupted.
+    conversations = await create_conversations(alice)
+    ids = [str(c.pk) for c in conversations]
+    staying = await start(start_agent, "stay")
+    leaving = await start(start_agent, "leave")
+    await wait_divided([staying, leaving], ids)
+    moving = [c for c, o in owners(ids, ["stay", "leave"]).items() if o == "leave"]
+    phone = await devices(alice, next(c for c in conversations if str(c.pk) == moving[0]))
+    anthropic_server.set_pacing(tokens_per_second=60)
+    long_one = await phone.prompt(f"Say exactly: {LONG_TEXT}")
+    await phone.streaming(long_one)
+
+    stopping = asyncio.ensure_future(asyncio.to_thread(leaving.stop, 60.0))
+    await wait_divided([staying], ids)  # taken over while the reply still streams
+    assert phone.reply_for(long_one).status == "streaming"
+    anthropic_server.set_pacing()
+    follow_up = await phone.prompt("Say exactly: The new owner answers.")
+    finished = await phone.final_reply(long_one, REPLY_WAIT)
+    assert (finished.status, finished.text) == ("complete", LONG_TEXT)
+    answer = await phone.final_reply(follow_up, REPLY_WAIT)
+    assert (answer.status, answer.text) == ("complete", "The new owner answers.")
+    await stopping
+    stored = await sync_to_async(
+        lambda: {str(m.prompt_id): m for m in assistant_rows([long_one, follow_up])}
+    )()
+    assert (stored[long_one].status, stored[long_one].text) == ("complete", LONG_TEXT)
+    assert stored[long_one].agent_id == "leave" and stored[follow_up].agent_id == "stay"
+
+
 # --- (e) kill -9 of an agent process mid-reply -------------------------------------------------
 
 

@@ -155,3 +155,31 @@ def test_a_change_between_others_moves_nothing_of_ours() -> None:
     assert moves.lost == frozenset()
     assert moves.gained == {c for c in CONVERSATIONS if membership.owns(c)} - mine
     assert moves.moved == len([c for c in CONVERSATIONS if owner_of(c, {"me", "a", "b"}) == "a"])
+
+
+def test_a_draining_agent_owns_nothing_yet_is_alive_until_it_leaves() -> None:
+    view = Membership("a")
+    view.present(entry("b"))
+    ids = [f"c{i}" for i in range(60)]
+    bs = {c for c in ids if owner_of(c, {"a", "b"}) == "b"}
+    assert bs
+
+    draining = view.present(PresenceEntry("conn-b", "agent", "b", draining=True))
+    assert draining is not None
+    assert view.members == {"a"} and view.alive == {"a", "b"}
+    assert draining.left == {"b"} and draining.gone == frozenset()
+    assert draining.moves(ids).gained == bs  # taken over at once
+    assert "-b (draining)" in draining.describe()
+
+    left = view.absent("conn-b", "agent")
+    assert left is not None
+    assert view.members == {"a"} and view.alive == {"a"}
+    assert left.gone == {"b"} and left.moves(ids).moved == 0
+    assert "-b (drained)" in left.describe()
+
+
+def test_an_agent_gone_without_draining_is_gone_at_once() -> None:
+    view = Membership("a")
+    view.present(entry("b"))
+    change = view.absent("conn-b", "agent")
+    assert change is not None and change.left == {"b"} and change.gone == {"b"}
