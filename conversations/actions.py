@@ -249,6 +249,11 @@ def path_event(conversation_id: Any) -> events.Path:
     return events.Path(ids=tuple(tree.wire_id(m) for m in shown_path(conversation_id)))
 
 
+def path_event_from(messages: Iterable[Message], leaf_pk: int | None) -> events.Path:
+    """`path_event` from a conversation's messages and its `current_leaf_id`, already loaded."""
+    return events.Path(ids=tuple(tree.wire_id(m) for m in tree.path_to(messages, leaf_pk)))
+
+
 def select_version(conversation: Conversation, wire_id: str) -> events.Path | None:
     """Show the path through one message (a device flipped `< n/m >` to it); tell every device.
 
