@@ -144,17 +144,26 @@ def record_prompt(
             if conversation is not None
             else None
         )
-        prompt, created = Message.objects.get_or_create(
-            prompt_id=prompt_id,
-            role=Message.Role.USER,
-            defaults={
-                "conversation_id": conversation_id,
-                "client_id": client_id,
-                "text": storable(text),
-                "status": Message.Status.COMPLETE,
-                "parent": parent,
-            },
-        )
+        # Not `get_or_create`: its first query would repeat the lookup just made. The unique
+        # constraint on (prompt_id, role=user) settles a race with another process, as it
+        # would for `get_or_create` (which also falls back to reading the winner's row).
+        try:
+            with transaction.atomic():
+                prompt = Message.objects.create(
+                    prompt_id=prompt_id,
+                    role=Message.Role.USER,
+                    conversation_id=conversation_id,
+                    client_id=client_id,
+                    text=storable(text),
+                    status=Message.Status.COMPLETE,
+                    parent=parent,
+                )
+            created = True
+        except IntegrityError:
+            winner = Message.objects.filter(prompt_id=prompt_id, role=Message.Role.USER).first()
+            if winner is None:
+                raise  # not the prompt's constraint (as `get_or_create` re-raises it too)
+            prompt, created = winner, False
         if str(prompt.conversation_id) != str(conversation_id):
             raise ValueError("promptId already belongs to another conversation")
         if created:
@@ -249,6 +258,11 @@ def path_event(conversation_id: Any) -> events.Path:
     return events.Path(ids=tuple(tree.wire_id(m) for m in shown_path(conversation_id)))
 
 
+def path_event_from(messages: Iterable[Message], leaf_pk: int | None) -> events.Path:
+    """`path_event` from a conversation's messages and its `current_leaf_id`, already loaded."""
+    return events.Path(ids=tuple(tree.wire_id(m) for m in tree.path_to(messages, leaf_pk)))
+
+
 def select_version(conversation: Conversation, wire_id: str) -> events.Path | None:
     """Show the path through one message (a device flipped `< n/m >` to it); tell every device.
 
@@ -314,7 +328,11 @@ def finish_reply(
             conversation = Conversation.objects.select_related("owner").get(
                 pk=reply.conversation_id
             )
-            conversation.save(update_fields=["updated_at"])
+            # What `save(update_fields=["updated_at"])` writes, without a model save's work.
+            conversation.updated_at = timezone.now()
+            Conversation.objects.filter(pk=conversation.pk).update(
+                updated_at=conversation.updated_at
+            )
             if publish is None:
                 publish_list_change(conversation, events.ListAction.ACTIVITY)
             else:

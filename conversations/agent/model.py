@@ -10,7 +10,10 @@ The reply's events are read from the SDK's raw streaming response (`with_streami
 and parsed here, not through `messages.stream()`: the SDK's helper builds and merges pydantic
 objects for every delta, which was most of the agent's CPU per token (`bench agent_relay`). The
 SDK still makes the request (auth, base URL, headers, status errors); only the agent's few event
-fields are read, and an `error` event mid-stream raises the SDK's own `APIStatusError`.
+fields are read, and an `error` event mid-stream raises the SDK's own `APIStatusError`. On the
+aiohttp transport the body's chunks are split into lines here too (`ModelStream.__aiter__`),
+not by httpx2's four nested generators per chunk; any other transport goes through the SDK's
+`iter_lines`.
 
 The SDK's aiohttp transport (`anthropic[aiohttp]`, `DefaultAioHttpClient`) carries the requests:
 its C HTTP parser reads a streamed reply for half the CPU of the default httpx transport (about
@@ -30,8 +33,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx2
+from anthropic._vendor.httpx_aiohttp.transport import (
+    AiohttpResponseStream,
+    map_aiohttp_exceptions,
+)
+from httpx2._client import BoundAsyncStream
 
 from .config import AgentConfig
 
@@ -230,6 +239,27 @@ def _with_breakpoint_on_last_block(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "content": blocks}
 
 
+def _aiohttp_body(response: Any) -> aiohttp.StreamReader | None:
+    """The raw body of a streamed response the SDK's aiohttp transport (`DefaultAioHttpClient`)
+    carries, or None for any other transport, or a body that is compressed (httpx2 would
+    decode it): those are read through the SDK's `iter_lines`. The transport keeps its aiohttp
+    response as `AiohttpResponseStream._aiohttp_response` (anthropic 2.17's vendored
+    httpx-aiohttp 0.2.0), inside httpx2's `BoundAsyncStream._stream`;
+    tests/unit/test_model_stream.py fails if either stops doing so.
+    """
+    http_response: Any = getattr(response, "http_response", None)
+    stream = getattr(http_response, "stream", None)
+    if isinstance(stream, BoundAsyncStream):
+        # httpx2's client wraps the transport's stream to time the response.
+        stream = getattr(stream, "_stream", None)
+    if not isinstance(stream, AiohttpResponseStream):
+        return None
+    if http_response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    aiohttp_response = getattr(stream, "_aiohttp_response", None)
+    return aiohttp_response.content if aiohttp_response is not None else None
+
+
 class ModelStream:
     """One reply's server-sent events, read as `(kind, text)` deltas: kind is "text" or
     "thinking". `stop_reason` and the token counts are filled in as their events pass; a
@@ -270,8 +300,42 @@ class ModelStream:
             self.cache_read_input_tokens = usage["cache_read_input_tokens"]
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
+        body = _aiohttp_body(self._response)
+        if body is None:
+            async for line_delta in self._from_lines(self._response.iter_lines()):
+                yield line_delta
+            return
+        # The hot path: the body's chunks as aiohttp hands them over, split into lines here.
+        # httpx2's `aiter_lines` would take each chunk through four nested async generators
+        # (bytes, decoding, text, lines) and a line decoder first. aiohttp's errors become
+        # httpx2's exactly as the SDK's transport maps them (`map_aiohttp_exceptions`), so a
+        # stall is still a `ReadTimeout` and a dropped connection a `ReadError`.
         event_name = ""
-        async for line in self._response.iter_lines():
+        partial = b""
+        with map_aiohttp_exceptions():
+            async for chunk in body.iter_any():
+                if partial:
+                    chunk = partial + chunk
+                lines = chunk.split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    if line.startswith(b"data:"):
+                        delta = self._handle(event_name, line[5:].strip())
+                        if delta is not None:
+                            yield delta
+                    elif line.startswith(b"event:"):
+                        event_name = line[6:].strip().decode()
+                    elif not line.strip():
+                        event_name = ""
+            if partial.startswith(b"data:"):
+                # A last line without its newline (httpx2's line decoder yields it too).
+                delta = self._handle(event_name, partial[5:].strip())
+                if delta is not None:
+                    yield delta
+
+    async def _from_lines(self, lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+        event_name = ""
+        async for line in lines:
             if line.startswith("event:"):
                 event_name = line[6:].strip()
             elif line.startswith("data:"):
@@ -281,12 +345,14 @@ class ModelStream:
             elif not line:
                 event_name = ""
 
-    def _handle(self, event_name: str, data: str) -> tuple[str, str] | None:
+    def _handle(self, event_name: str, data: str | bytes) -> tuple[str, str] | None:
         if event_name == "error":
             try:
                 body: Any = json.loads(data)
             except ValueError:
                 body = None
+            if isinstance(data, bytes):
+                data = data.decode(errors="replace")
             raise anthropic.APIStatusError(
                 str(body if body is not None else data),
                 response=self._response.http_response,

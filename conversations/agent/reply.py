@@ -378,8 +378,9 @@ class ReplyRun:
                 # The model answers now: devices go back to what the reply itself says.
                 self._retrying = False
                 await self.context.set_status(events.AgentStatus.IDLE)
+            text_part, thinking_part = events.Part.TEXT, events.Part.THINKING
             async for kind, text in stream:
-                self._delta(events.Part.TEXT if kind == "text" else events.Part.THINKING, text)
+                self._delta(text_part if kind == "text" else thinking_part, text)
             self._read_snapshot()
 
     def _delta(self, part: events.Part, text: str) -> None:
@@ -400,7 +401,7 @@ class ReplyRun:
         self.cache_usage = self.model_stream.cache_usage()
 
     def _text(self, part: events.Part = events.Part.TEXT) -> str:
-        return self.stream.full_text[part] if self.stream else ""
+        return self.stream.text_of(part) if self.stream else ""
 
     async def _end(
         self, status: events.Status, *, stop_reason: str | None, error: str = ""

@@ -247,6 +247,20 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
     """
     conversation = Conversation.objects.get(pk=prompt.conversation_id)
     stored = list(Message.objects.filter(conversation_id=prompt.conversation_id))
+    return _model_context_from(
+        conversation, stored, prompt, default_system=default_system, token_budget=token_budget
+    )
+
+
+def _model_context_from(
+    conversation: Conversation,
+    stored: list[Message],
+    prompt: Message,
+    *,
+    default_system: str,
+    token_budget: int,
+) -> ModelContext:
+    """`model_context` from the conversation and its messages, already loaded."""
     earlier = tree.path_to(stored, prompt.pk)[:-1]
     replies = {m.prompt_id: m for m in earlier if m.role == Message.Role.ASSISTANT and m.text}
     pairs = [
@@ -337,8 +351,15 @@ def claim_with_context(
             if rate_window_start is not None
             else 0
         )
-        context = model_context(prompt, default_system=default_system, token_budget=token_budget)
-        path = actions.path_event(prompt.conversation_id)
+        # Read after the claim, so both hold the reply: the context and the shown path come
+        # from the same two queries (`model_context` and `actions.path_event` would each load
+        # the conversation's messages again).
+        conversation = Conversation.objects.get(pk=prompt.conversation_id)
+        stored = list(Message.objects.filter(conversation_id=prompt.conversation_id))
+        context = _model_context_from(
+            conversation, stored, prompt, default_system=default_system, token_budget=token_budget
+        )
+        path = actions.path_event_from(stored, conversation.current_leaf_id)
     return Claim(reply=reply, context=context, path=path, recent_prompts=recent)
 
 
@@ -387,7 +408,14 @@ def record_prompt(
             edit_of=edit_of,
         )
         refusal = attachments.link_to_prompt(stored, attachment_ids)
-        path = actions.path_event(conversation_id) if created else None
+        # A prompt just stored is its conversation's shown leaf (`actions.record_prompt`).
+        path = (
+            actions.path_event_from(
+                Message.objects.filter(conversation_id=conversation_id), stored.pk
+            )
+            if created
+            else None
+        )
     return Intake(prompt=stored, created=created, attachment_refusal=refusal, path=path)
 
 

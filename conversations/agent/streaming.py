@@ -193,7 +193,9 @@ class ReplyStream(ABC):
         self.flush_window = flush_window
         # Returns the monotonic time by which a repair must have gone out.
         self.publish_deadline = publish_deadline
-        self.full_text: dict[events.Part, str] = {part: "" for part in events.Part}
+        # Every delta so far, per part: joined when the whole text is wanted (the end, a
+        # repair), never concatenated per delta (a copy of the text so far each time).
+        self._fragments: dict[events.Part, list[str]] = {part: [] for part in events.Part}
         self.messages_sent = 0
         self.failed_parts: set[events.Part] = set()
         self._pending = PendingText()
@@ -208,11 +210,20 @@ class ReplyStream(ABC):
             raise RuntimeError("reply stream already finished")
         if not text:
             return
-        self.full_text[part] += text
+        self._fragments[part].append(text)
         self._pending.add(part, text)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"flush {self.reply}")
         self._wakeup.set()
+
+    def text_of(self, part: events.Part) -> str:
+        """The whole text of `part` so far."""
+        return "".join(self._fragments[part])
+
+    @property
+    def full_text(self) -> dict[events.Part, str]:
+        """Each part's whole text so far."""
+        return {part: self.text_of(part) for part in self._fragments}
 
     async def finish(self) -> None:
         """Send what is left, wait for every send, and repair the channel if any failed."""
