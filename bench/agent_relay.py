@@ -21,6 +21,11 @@ and set against its floor, measured in the same run: `bench.stream_floor` readin
 stand-in streams (same prompts, text and pacing) with the agent's HTTP library and json-parsing
 every event, and nothing else. "x floor" is the agent's CPU per token over the floor's.
 
+`--share-k 1 2 3` (issue 15) runs K agent processes instead, over the same N conversations,
+each with its own agent id and measured on its own: the channels it attached, the messages its
+connections delivered on `ai:` channels (counted in `bench.agent_process`), the replies it wrote,
+its CPU; and its share of the work against 1/K +- 10% (see `share_totals`).
+
 "Under the production limits" means the run finished with every reply complete and intact and
 no publish or attach refused by the stand-in's per-connection limits (50 msg/s, 200 channels).
 """
@@ -1318,7 +1323,10 @@ async def bench(
     return common.BenchResult("agent_relay", summary, figures)
 
 
-SHARE_N = 60
+# Ownership is rendezvous hashing of random conversation ids, so an agent's count is binomial:
+# at N = 200 its spread (about 7 at K = 2 or 3) sits well inside +-10% of the total (20); at
+# N = 60 (about 3.7 against 6) a fair hash misses it one run in four.
+SHARE_N = 200
 SHARE_N_TINY = 6
 
 
