@@ -14,6 +14,14 @@ default executor, where `asyncio.to_thread` runs), and the agent's database thre
 Django's one thread for sync code (asgiref's `SyncToAsync.single_thread_executor`), which
 `conversations.agent.store.db` reaches through `sync_to_async(thread_sensitive=True)`. Naming it
 only starts that executor's thread early; the agent's work runs as it would.
+
+With BENCH_COUNT_RECEIVED=1 (the relay benchmark's K-agent runs) the process also counts what
+its Ably connections delivered on conversation (`ai:`) channels: the messages and the presence
+messages in every protocol message the SDK hands a channel. The Ably stand-in does not count its
+own traffic (like Ably, its stats are an app-wide surface), so the count is taken where the
+messages land. The line `bench received messages=M presence=P` is printed when the benchmark
+writes `counts` on standard input (a thread blocked on stdin until then: nothing runs per
+message but the count itself).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 # The name the relay benchmark looks for in /proc/<pid>/task/<tid>/comm (15 bytes at most).
 DATABASE_THREAD_NAME = "agent-db"
@@ -58,6 +67,48 @@ def name_database_thread() -> None:
     SyncToAsync.single_thread_executor.submit(_name_in_proc, DATABASE_THREAD_NAME).result()
 
 
+COUNT_RECEIVED_ENV = "BENCH_COUNT_RECEIVED"
+RECEIVED_LINE_PREFIX = "bench received "
+CONVERSATION_CHANNEL_PREFIX = "ai:"
+
+
+def count_received() -> dict[str, int]:
+    """Count the messages and presence messages delivered on `ai:` channels; the counts."""
+    from ably.realtime.channel import RealtimeChannel
+    from ably.transport.websockettransport import ProtocolMessageAction
+
+    presence_actions = (ProtocolMessageAction.PRESENCE, ProtocolMessageAction.SYNC)
+    counts = {"messages": 0, "presence": 0}
+    deliver = RealtimeChannel._on_message
+
+    def counting(channel: RealtimeChannel, proto_msg: dict[str, Any]) -> None:
+        if channel.name.startswith(CONVERSATION_CHANNEL_PREFIX):
+            action = proto_msg.get("action")
+            if action == ProtocolMessageAction.MESSAGE:
+                counts["messages"] += len(proto_msg.get("messages") or ())
+            elif action in presence_actions:
+                counts["presence"] += len(proto_msg.get("presence") or ())
+        deliver(channel, proto_msg)
+
+    RealtimeChannel._on_message = counting
+    return counts
+
+
+def answer_counts_on_stdin(counts: dict[str, int]) -> None:
+    """Print the counts each time `counts` arrives on standard input."""
+
+    def answer() -> None:
+        for line in sys.stdin:
+            if line.strip() == "counts":
+                print(
+                    f"{RECEIVED_LINE_PREFIX}messages={counts['messages']} "
+                    f"presence={counts['presence']}",
+                    flush=True,
+                )
+
+    threading.Thread(target=answer, name="bench-counts", daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
     import django
@@ -67,6 +118,8 @@ def main(argv: list[str]) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     name_new_threads()
     name_database_thread()
+    if os.environ.get(COUNT_RECEIVED_ENV) == "1":
+        answer_counts_on_stdin(count_received())
     from django.core.management import call_command
 
     call_command("run_agent", *argv)

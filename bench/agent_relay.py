@@ -21,6 +21,11 @@ and set against its floor, measured in the same run: `bench.stream_floor` readin
 stand-in streams (same prompts, text and pacing) with the agent's HTTP library and json-parsing
 every event, and nothing else. "x floor" is the agent's CPU per token over the floor's.
 
+`--share-k 1 2 3` (issue 15) runs K agent processes instead, over the same N conversations,
+each with its own agent id and measured on its own: the channels it attached, the messages its
+connections delivered on `ai:` channels (counted in `bench.agent_process`), the replies it wrote,
+its CPU; and its share of the work against 1/K +- 10% (see `share_totals`).
+
 "Under the production limits" means the run finished with every reply complete and intact and
 no publish or attach refused by the stand-in's per-connection limits (50 msg/s, 200 channels).
 """
@@ -42,7 +47,7 @@ from typing import Any
 import httpx
 
 from bench import common
-from bench.agent_process import DATABASE_THREAD_NAME
+from bench.agent_process import COUNT_RECEIVED_ENV, DATABASE_THREAD_NAME, RECEIVED_LINE_PREFIX
 from bench.rawably import RawAblyClient, RawAblyError, open_clients
 from conversations.transcript import FoldedReply, Transcript
 
@@ -55,6 +60,12 @@ REPLY_LOG = re.compile(r"reply conversation=(\S+) .*? messages=(\d+)")
 # `run_agent --log-loop-lag`: the event loop's worst lag per interval.
 LOOP_LAG_LOG = re.compile(r"event loop worst lag ([\d.]+) ms")
 LOOP_LAG_INTERVAL_SECONDS = 1.0
+# Issue 15: the agents' membership as each logs it (`joined agents:control: members a, b`,
+# `agent a sees members a, b, c (+c)`); and what one agent's connections delivered to it.
+MEMBERS_LOG = re.compile(r"members ([\w.-]+(?:, [\w.-]+)*)")
+RECEIVED_LOG = re.compile(re.escape(RECEIVED_LINE_PREFIX) + r"messages=(\d+) presence=(\d+)")
+# Each of K agents' share of the work within 1/K +- this fraction of the total.
+SHARE_TOLERANCE = 0.10
 
 WORDS = (
     "relay stream token channel device presence history append latency budget window "
@@ -120,6 +131,10 @@ class Scenario:
     pattern: str = "message-per-response"
     # "" for the agent as deployed; otherwise what this run changes, for the table.
     variant: str = ""
+    # Agent processes sharing the conversations (issue 15); each is measured on its own.
+    agents: int = 1
+    # Measure each agent's share (what it held, received, answered and spent), even at K = 1.
+    per_agent: bool = False
 
     @property
     def label(self) -> str:
@@ -145,6 +160,22 @@ class ThreadSplit:
     @classmethod
     def unmeasured(cls) -> ThreadSplit:
         return cls(math.nan, math.nan, math.nan)
+
+
+def sum_splits(splits: Sequence[ThreadSplit]) -> ThreadSplit:
+    """Several processes' splits added up (K agents as one)."""
+    if len(splits) == 1:
+        return splits[0]
+    by_name: dict[str, float] = {}
+    for split in splits:
+        for name, seconds in split.other_by_name.items():
+            by_name[name] = by_name.get(name, 0.0) + seconds
+    return ThreadSplit(
+        sum(split.loop for split in splits),
+        sum(split.database for split in splits),
+        sum(split.other for split in splits),
+        by_name,
+    )
 
 
 def split_by_thread(
@@ -205,6 +236,63 @@ class FloorOutcome:
         }
 
 
+@dataclass
+class AgentShare:
+    """One of K agent processes over a run: what it held, received, answered and spent."""
+
+    agent_id: str
+    attached: int  # conversation channels attached when the replies had finished
+    messages_received: int  # messages delivered on `ai:` channels (from `bench.agent_process`)
+    presence_received: int
+    replies: int  # replies it logged (one per conversation it answered)
+    tokens: int  # tokens of the replies it answered
+    cpu_seconds: float
+
+    @property
+    def cpu_us_per_token(self) -> float:
+        return self.cpu_seconds / self.tokens * 1e6 if self.tokens else math.nan
+
+
+SHARED_MEASURES = ("attached", "messages_received", "replies", "cpu_seconds")
+
+
+def share_totals(conversations: int) -> dict[str, float | None]:
+    """What each measure's share is a fraction of. The work, not the agents' sum: N channels to
+    hold, N replies to write, and the messages one agent holding every conversation would
+    receive (what the devices published: one prompt per conversation). So agents that each
+    attached and received everything would each show 100%, not 1/K. CPU has no such total: its
+    share is of the K agents' sum (None)."""
+    return {
+        "attached": conversations,
+        "messages_received": conversations,
+        "replies": conversations,
+        "cpu_seconds": None,
+    }
+
+
+def shares_of(
+    agents: Sequence[AgentShare], measure: str, total: float | None = None
+) -> list[float]:
+    """Each agent's fraction of `total` of `measure` (of the agents' sum when None; NaN when
+    the total is 0)."""
+    values = [float(getattr(agent, measure)) for agent in agents]
+    whole = sum(values) if total is None else total
+    return [value / whole if whole else math.nan for value in values]
+
+
+def shares_within(
+    agents: Sequence[AgentShare],
+    measure: str,
+    total: float | None = None,
+    tolerance: float = SHARE_TOLERANCE,
+) -> bool:
+    """Every agent's share of `measure` within 1/K +- `tolerance` of the total."""
+    fair = 1 / len(agents) if agents else math.nan
+    return bool(agents) and all(
+        abs(share - fair) <= tolerance + 1e-9 for share in shares_of(agents, measure, total)
+    )
+
+
 def times_floor(agent_us_per_token: float, floor: FloorOutcome | None) -> float:
     """The agent's CPU per token as a multiple of the floor's (NaN without a usable floor)."""
     if floor is None or not floor.cpu_us_per_token > 0:
@@ -239,6 +327,10 @@ class Outcome:
     # The stream floor at this N, measured in the same benchmark run (agent runs only).
     floor: FloorOutcome | None = None
     notes: list[str] = field(default_factory=list)
+    # Per agent process when K agents shared the run (issue 15); empty otherwise.
+    shares: list[AgentShare] = field(default_factory=list)
+    # Conversations whose reply was logged by exactly one agent, exactly once.
+    answered_once: int = 0
 
     @property
     def within_limits(self) -> bool:
@@ -308,6 +400,38 @@ class Outcome:
             "floor_us_per_token": floor_us,
             "agent_floor_ratio": times_floor(self.cpu_us_per_token, self.floor),
             "notes": self.notes,
+            **self.share_figures(),
+        }
+
+    def share_figures(self) -> dict[str, Any]:
+        if not self.shares:
+            return {}
+        totals = share_totals(self.scenario.conversations)
+        per_measure = {
+            measure: shares_of(self.shares, measure, totals[measure]) for measure in SHARED_MEASURES
+        }
+        return {
+            "agents": len(self.shares),
+            "answered_once": self.answered_once,
+            "per_agent": [
+                {
+                    "agent_id": agent.agent_id,
+                    "attached": agent.attached,
+                    "messages_received": agent.messages_received,
+                    "presence_received": agent.presence_received,
+                    "replies": agent.replies,
+                    "tokens": agent.tokens,
+                    "cpu_us_per_token": agent.cpu_us_per_token,
+                    **{
+                        f"{measure}_share": shares[index] for measure, shares in per_measure.items()
+                    },
+                }
+                for index, agent in enumerate(self.shares)
+            ],
+            "shares_within_tolerance": {
+                measure: shares_within(self.shares, measure, totals[measure])
+                for measure in SHARED_MEASURES
+            },
         }
 
 
@@ -457,10 +581,11 @@ class Devices:
         return on_message
 
 
-async def _sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
+async def _sample_rss(pids: Sequence[int], peak: list[int], stop: asyncio.Event) -> None:
+    """The peak of the processes' summed RSS."""
     while not stop.is_set():
         try:
-            peak[0] = max(peak[0], common.rss_bytes(pid))
+            peak[0] = max(peak[0], sum(common.rss_bytes(pid) for pid in pids))
         except OSError:
             return
         try:
@@ -492,16 +617,23 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             # conversations arrive tells the memory one conversation costs; it then finds them
             # the way it does in production, when a device opens the channel.
             await asyncio.to_thread(_clear_database)
-            publisher = _start_agent(scenario, env, workdir)
-            started.append(publisher)
-            await asyncio.to_thread(publisher.wait_for_output, " ready: ", 60)
-            rss_idle = common.rss_bytes(publisher.pid)
+            agents = [_start_agent(scenario, env, workdir, i) for i in range(scenario.agents)]
+            started.extend(agents)
+            publisher = agents[0]
+            for agent in agents:
+                await asyncio.to_thread(agent.wait_for_output, " ready: ", 60)
+            if scenario.agents > 1:
+                # Every agent must see them all before the conversations appear, or two could
+                # each take a channel as its own (the database would still answer it once).
+                await _wait_for_members(agents, scenario.agents)
+            rss_idle = sum(common.rss_bytes(agent.pid) for agent in agents)
         channels, client_ids, prompts_by_device = await _prepare(scenario, texts)
         if scenario.publisher != "agent":
             jobs = [
                 {"channel": channel, "prompt": f"Say exactly: {text}"}
                 for channel, text in zip(channels, texts, strict=True)
             ]
+            agents = []
             jobs_path = workdir / "jobs.json"
             jobs_path.write_text(json.dumps(jobs))
             publisher = common.Service(
@@ -522,6 +654,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             )
             started.append(publisher)
             publisher.wait_for_output("ready", 60)
+        # The processes under test: the K agents, or the naive publisher.
+        measured = agents or [publisher]
 
         devices = Devices(n)
         devices.channel_index = {channel: i for i, channel in enumerate(channels)}
@@ -543,18 +677,18 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
 
             await asyncio.gather(*(attach(k) for k in range(len(clients))))
             if scenario.publisher == "agent":
-                await _wait_for_agent_attached(publisher, n, notes)
+                await _wait_for_agent_attached(agents, n, notes)
             else:
                 rss_idle = common.rss_bytes(publisher.pid)
             async with httpx.AsyncClient(base_url=anthropic_url) as http:
                 await http.post("/_bench/reset")
-            rss_before = common.rss_bytes(publisher.pid)
-            cpu_before = common.cpu_seconds(publisher.pid)
-            threads_before = common.thread_cpu_seconds(publisher.pid)
-            log_before = len(publisher.output())
+            rss_before = sum(common.rss_bytes(p.pid) for p in measured)
+            cpu_before = [common.cpu_seconds(p.pid) for p in measured]
+            threads_before = [common.thread_cpu_seconds(p.pid) for p in measured]
+            log_before = [len(p.output()) for p in measured]
             peak = [rss_before]
             sampling = asyncio.Event()
-            sampler = asyncio.create_task(_sample_rss(publisher.pid, peak, sampling))
+            sampler = asyncio.create_task(_sample_rss([p.pid for p in measured], peak, sampling))
             started_at = time.monotonic()
             if scenario.publisher == "agent":
                 await _publish_prompts(clients, channels, prompts_by_device)
@@ -568,8 +702,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
                     f"within {deadline_seconds:.0f}s"
                 )
             wall = time.monotonic() - started_at
-            cpu_after = common.cpu_seconds(publisher.pid)
-            threads_after = common.thread_cpu_seconds(publisher.pid)
+            cpu_after = [common.cpu_seconds(p.pid) for p in measured]
+            threads_after = [common.thread_cpu_seconds(p.pid) for p in measured]
             sampling.set()
             await sampler
             async with httpx.AsyncClient(base_url=anthropic_url, timeout=60) as http:
@@ -579,6 +713,9 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
 
         loop_lag_ms = math.nan
         threads = ThreadSplit.unmeasured()
+        cpu_used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
+        shares: list[AgentShare] = []
+        answered: dict[str, int] = {}
         if scenario.publisher == "naive":
             publisher.process.wait(30)
             tally = json.loads(publisher.output().strip().splitlines()[-1])
@@ -591,21 +728,32 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
             # last ones a moment to land.
             log_deadline = time.monotonic() + 10
             while (
-                len(REPLY_LOG.findall(publisher.output())) < n - devices.remaining
+                sum(len(REPLY_LOG.findall(agent.output())) for agent in agents)
+                < n - devices.remaining
                 and time.monotonic() < log_deadline
             ):
                 await asyncio.sleep(0.1)
-            log = publisher.output()
+            logs = [agent.output() for agent in agents]
+            log = "".join(logs)
             # Lag lines from the prompts on, plus one interval so the last one is logged.
             await asyncio.sleep(LOOP_LAG_INTERVAL_SECONDS)
             lags = [
-                float(m.group(1)) for m in LOOP_LAG_LOG.finditer(publisher.output()[log_before:])
+                float(m.group(1))
+                for agent, start in zip(agents, log_before, strict=True)
+                for m in LOOP_LAG_LOG.finditer(agent.output()[start:])
             ]
             loop_lag_ms = max(lags, default=math.nan)
-            threads = split_by_thread(
-                publisher.pid, threads_before, threads_after, cpu_after - cpu_before
+            threads = sum_splits(
+                [
+                    split_by_thread(agent.pid, before, after, used)
+                    for agent, before, after, used in zip(
+                        agents, threads_before, threads_after, cpu_used, strict=True
+                    )
+                ]
             )
-            names = [name for name, _ in threads_after.values()]
+            names = [name for after in threads_after for name, _ in after.values()]
+            if scenario.per_agent:
+                shares, answered = await _agent_shares(agents, logs, cpu_used, channels, texts)
             if not any(name.startswith(DATABASE_THREAD_NAME) for name in names):
                 notes.append(f"no thread named {DATABASE_THREAD_NAME}: DB CPU counted as other")
             counts = [int(m.group(2)) for m in REPLY_LOG.finditer(log)]
@@ -665,7 +813,7 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         limit_rejections=limit_rejections,
         published_per_reply=published_per_reply,
         delivered_per_reply=delivered / (n * DEVICES_PER_CONVERSATION),
-        cpu_seconds=cpu_after - cpu_before,
+        cpu_seconds=sum(cpu_used),
         tokens=tokens,
         rss_per_conversation=max(0, peak[0] - rss_idle) / n,
         stream_rate=stream_rate,
@@ -674,6 +822,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         loop_lag_ms=loop_lag_ms,
         threads=threads,
         notes=notes,
+        shares=shares,
+        answered_once=sum(1 for count in answered.values() if count == 1),
     )
 
 
@@ -799,23 +949,94 @@ def _clear_database() -> None:
     get_user_model().objects.filter(username__startswith="bench-relay-").delete()
 
 
-async def _wait_for_agent_attached(agent: common.Service, n: int, notes: list[str]) -> None:
-    """Until the agent has attached all n conversation channels (it logs each attach)."""
+def attached_now(log: str) -> int:
+    """Conversation channels an agent holds, from its log (it logs each attach and detach)."""
+    return log.count("attached ai:") - log.count("detached ai:")
+
+
+async def _wait_for_agent_attached(
+    agents: Sequence[common.Service], n: int, notes: list[str]
+) -> None:
+    """Until the agents together have attached all n conversation channels."""
     deadline = time.monotonic() + 60 + n * 0.1
-    while (attached := agent.output().count("attached ai:")) < n:
+    while (attached := sum(attached_now(agent.output()) for agent in agents)) < n:
         if time.monotonic() > deadline:
-            notes.append(f"the agent attached only {attached} of {n} channels before prompts")
+            notes.append(f"the agents attached only {attached} of {n} channels before prompts")
             return
         await asyncio.sleep(0.2)
 
 
-def _start_agent(scenario: Scenario, env: dict[str, str], workdir: Path) -> common.Service:
+async def _wait_for_members(agents: Sequence[common.Service], k: int) -> None:
+    """Until every agent's latest logged membership has k members."""
+    deadline = time.monotonic() + 60
+    while True:
+        seen = []
+        for agent in agents:
+            views = MEMBERS_LOG.findall(agent.output())
+            seen.append(len(views[-1].split(", ")) if views else 0)
+        if all(count == k for count in seen):
+            return
+        if time.monotonic() > deadline:
+            raise common.BenchError(f"the agents saw {seen} members, not {k} each")
+        await asyncio.sleep(0.2)
+
+
+async def _agent_shares(
+    agents: Sequence[common.Service],
+    logs: Sequence[str],
+    cpu_used: Sequence[float],
+    channels: Sequence[str],
+    texts: Sequence[str],
+) -> tuple[list[AgentShare], dict[str, int]]:
+    """Per agent: channels held, what it received (asked of the process), replies, tokens, CPU;
+    and how many times each conversation (by id) was answered across all of them."""
+    from emulators.anthropic.tokens import count_tokens
+
+    tokens_by_id = {
+        channel.removeprefix("ai:"): count_tokens(text)
+        for channel, text in zip(channels, texts, strict=True)
+    }
+    answered: dict[str, int] = dict.fromkeys(tokens_by_id, 0)
+    shares = []
+    for index, (agent, log, used) in enumerate(zip(agents, logs, cpu_used, strict=True)):
+        before = len(agent.output())
+        agent.command("counts")
+        deadline = time.monotonic() + 10
+        while not (found := RECEIVED_LOG.findall(agent.output()[before:])):
+            if time.monotonic() > deadline:
+                raise common.BenchError(f"agent {index} did not report what it received")
+            await asyncio.sleep(0.05)
+        messages, presence = (int(value) for value in found[-1])
+        ids = [m.group(1) for m in REPLY_LOG.finditer(log)]
+        for conversation_id in ids:
+            answered[conversation_id] = answered.get(conversation_id, 0) + 1
+        shares.append(
+            AgentShare(
+                agent_id=agent_id_for(index),
+                attached=attached_now(log),
+                messages_received=messages,
+                presence_received=presence,
+                replies=len(ids),
+                tokens=sum(tokens_by_id.get(conversation_id, 0) for conversation_id in ids),
+                cpu_seconds=used,
+            )
+        )
+    return shares, answered
+
+
+def agent_id_for(index: int) -> str:
+    return "bench-agent" if index == 0 else f"bench-agent-{index}"
+
+
+def _start_agent(
+    scenario: Scenario, env: dict[str, str], workdir: Path, index: int = 0
+) -> common.Service:
     args = [
         common.PYTHON,
         "-m",
         "bench.agent_process",
         "--agent-id",
-        "bench-agent",
+        agent_id_for(index),
         "--no-titles",
         "--connections",
         str(scenario.connections),
@@ -828,7 +1049,11 @@ def _start_agent(scenario: Scenario, env: dict[str, str], workdir: Path) -> comm
     ]
     if scenario.flush_window is not None:
         args += ["--flush-window", str(scenario.flush_window)]
-    return common.Service("agent", args, workdir, env={**env, "LOG_LEVEL": "INFO"})
+    env = {**env, "LOG_LEVEL": "INFO"}
+    if scenario.per_agent:
+        env[COUNT_RECEIVED_ENV] = "1"
+    name = "agent" if index == 0 else f"agent-{index}"
+    return common.Service(name, args, workdir, env=env)
 
 
 async def _publish_prompts(
@@ -1098,6 +1323,102 @@ async def bench(
     return common.BenchResult("agent_relay", summary, figures)
 
 
+# Ownership is rendezvous hashing of random conversation ids, so an agent's count is binomial:
+# at N = 200 its spread (about 7 at K = 2 or 3) sits well inside +-10% of the total (20); at
+# N = 60 (about 3.7 against 6) a fair hash misses it one run in four.
+SHARE_N = 200
+SHARE_N_TINY = 6
+
+
+async def bench_shares(
+    tiny: bool, env: dict[str, str], workdir: Path, ks: Sequence[int], n: int | None = None
+) -> common.BenchResult:
+    """Issue 15: K = each of `ks` agent processes over the same n conversations; per agent, its
+    share of the channels attached, messages received, replies and CPU, against 1/K."""
+    reply_tokens = ladder(tiny)[2]
+    n = n or (SHARE_N_TINY if tiny else SHARE_N)
+    outcomes = []
+    for k in ks:
+        scenario = Scenario(
+            "agent",
+            n,
+            reply_tokens,
+            connections=agent_connections(n),
+            variant=f"K={k}",
+            agents=k,
+            per_agent=True,
+        )
+        common.note(f"{scenario.label}: {n} conversations over {k} agent process(es) ...")
+        outcome = await run_scenario(scenario, env, workdir)
+        _progress(outcome)
+        outcomes.append(outcome)
+    rows = []
+    for o in outcomes:
+        f = o.figures()
+        verdicts = f["shares_within_tolerance"]
+        for agent in f["per_agent"]:
+            rows.append(
+                [
+                    f["agents"],
+                    agent["agent_id"],
+                    f"{agent['attached']} ({agent['attached_share']:.0%})",
+                    f"{agent['messages_received']} ({agent['messages_received_share']:.0%})",
+                    agent["presence_received"],
+                    f"{agent['replies']} ({agent['replies_share']:.0%})",
+                    f"{agent['cpu_seconds_share']:.0%}",
+                    agent["cpu_us_per_token"],
+                    "yes" if all(verdicts.values()) else "NO",
+                ]
+            )
+    common.print_table(
+        f"K agents share the work ({n} conversations, {reply_tokens}-token replies at "
+        f"{TOKENS_PER_SECOND:.0f} tokens/s; share of the N channels, of the N prompts, of "
+        f"the N replies, of the K agents' CPU; "
+        f"target 1/K +- {SHARE_TOLERANCE:.0%})",
+        [
+            "K",
+            "agent",
+            "channels attached",
+            "messages received",
+            "presence received",
+            "replies",
+            "CPU share",
+            "CPU us/token",
+            "within 1/K +- 10%",
+        ],
+        rows,
+    )
+    for o in outcomes:
+        f = o.figures()
+        common.note(
+            f"  K={f['agents']}: {f['answered_once']}/{n} conversations answered exactly once, "
+            f"lost/dup/reordered {o.lost}/{o.duplicated}/{o.reordered}, incomplete "
+            f"{o.incomplete}, {common.fmt(f['cpu_us_per_token'])} us CPU/token over all agents; "
+            "within tolerance: "
+            + ", ".join(
+                f"{measure} {'yes' if ok else 'NO'}"
+                for measure, ok in f["shares_within_tolerance"].items()
+            )
+        )
+        for text in o.notes:
+            common.note(f"  note (K={f['agents']}): {text}")
+    every_share = all(
+        all(o.figures()["shares_within_tolerance"].values()) for o in outcomes if o.shares
+    )
+    intact = all(o.within_limits and o.answered_once == n for o in outcomes)
+    summary = (
+        f"K = {', '.join(str(k) for k in ks)} agents over {n} conversations: every agent's "
+        f"share within 1/K +- {SHARE_TOLERANCE:.0%}: {'yes' if every_share else 'NO'}; "
+        f"every reply intact and answered once: {'yes' if intact else 'NO'}"
+    )
+    figures = {
+        "share_runs": [o.figures() for o in outcomes],
+        "shares_within_tolerance": every_share,
+        "intact": intact,
+    }
+    return common.BenchResult("agent_relay", summary, figures)
+
+
 def _floor_summary(o: Outcome) -> str:
     """One agent run against its floor, in words: the ratio and where the agent's CPU went."""
     f = o.figures()
@@ -1163,12 +1484,28 @@ def main(argv: list[str] | None = None) -> common.BenchResult:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--agent-n", type=int, nargs="*", help="conversation counts for the agent")
     parser.add_argument("--naive-n", type=int, nargs="*", help="conversation counts for naive")
+    parser.add_argument(
+        "--share-k",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="instead of the ladder: K agent processes over the same conversations, for each K "
+        "given (issue 15; e.g. --share-k 1 2 3): each agent's share of channels, messages "
+        "received, replies and CPU",
+    )
+    parser.add_argument(
+        "--share-n",
+        type=int,
+        help=f"conversations for --share-k (default {SHARE_N}, {SHARE_N_TINY} with --tiny)",
+    )
     args = parser.parse_args(argv)
     with common.workdir("relay") as workdir:
         env = common.setup_django(workdir / "bench.sqlite3")
-        result = asyncio.run(
-            bench(args.tiny, env, workdir, agent_ns=args.agent_n, naive_ns=args.naive_n)
-        ).finish()
+        if args.share_k:
+            run = bench_shares(args.tiny, env, workdir, args.share_k, args.share_n)
+        else:
+            run = bench(args.tiny, env, workdir, agent_ns=args.agent_n, naive_ns=args.naive_n)
+        result = asyncio.run(run).finish()
     common.write_json(args.json, result)
     return result
 

@@ -18,10 +18,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(name: str, tmp_path: Path, timeout: float = 170) -> tuple[str, dict]:
+def run_bench(name: str, tmp_path: Path, *extra: str, timeout: float = 170) -> tuple[str, dict]:
     output = tmp_path / f"{name}.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", name, "--tiny", "--json", str(output)],
+        [sys.executable, "-m", "bench", name, "--tiny", "--json", str(output), *extra],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -78,3 +78,35 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
     assert "lost/dup/reord" in stdout
     for column in ("floor us/token", "x floor", "DB CPU ms/reply", "worst loop lag ms"):
         assert column in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_agent_relay_tiny_with_two_agents_reports_each_agents_share(tmp_path):
+    """Issue 15's figure: two agent processes over the same conversations, each measured on its
+    own. Every conversation is answered exactly once, by one of them, and every reply arrives
+    whole; each agent's share is reported (not judged: a handful of conversations need not
+    split evenly by hashing)."""
+    stdout, figures = run_bench("agent_relay", tmp_path, "--share-k", "2")
+    (run,) = figures["share_runs"]
+    n = run["conversations"]
+    assert run["agents"] == 2
+    assert run["answered_once"] == n, run
+    assert (run["lost"], run["duplicated"], run["reordered"]) == (0, 0, 0), run
+    assert run["incomplete"] == 0 and run["wrong_text"] == 0, run
+    agents = run["per_agent"]
+    assert len({agent["agent_id"] for agent in agents}) == 2
+    # Between them the agents held and answered each conversation once.
+    assert sum(agent["attached"] for agent in agents) == n
+    assert sum(agent["replies"] for agent in agents) == n
+    # Each heard at least the prompts of the conversations it answered.
+    for agent in agents:
+        assert agent["messages_received"] >= agent["replies"], agent
+    for measure in ("attached", "messages_received", "replies", "cpu_seconds"):
+        shares = [agent[f"{measure}_share"] for agent in agents]
+        assert all(math.isfinite(share) for share in shares), (measure, agents)
+        assert measure in run["shares_within_tolerance"]
+    # Of the work: the channels and replies split between them, nothing held twice.
+    for measure in ("attached", "replies", "cpu_seconds"):
+        assert math.isclose(sum(agent[f"{measure}_share"] for agent in agents), 1.0), agents
+    assert "within 1/K +- 10%" in stdout

@@ -7,11 +7,14 @@ import math
 from bench.agent_relay import (
     AGENT_CLIENT_ID,
     EXITED_OR_ROUNDING,
+    AgentShare,
     Devices,
     DeviceView,
     FloorOutcome,
     analyse_device,
     reply_text,
+    shares_of,
+    shares_within,
     split_by_thread,
     times_floor,
 )
@@ -185,3 +188,28 @@ def test_a_database_executor_named_by_its_thread_name_prefix_counts_as_the_datab
     after = {100: ("python", 1.0), 101: ("agent-db_0", 2.0)}
     split = split_by_thread(100, {}, after, total_seconds=3.0)
     assert (split.loop, split.database, split.other) == (1.0, 2.0, 0.0)
+
+
+def agent(attached: int, messages: int) -> AgentShare:
+    return AgentShare("a", attached, messages, 0, attached, attached * 100, attached * 0.1)
+
+
+def test_each_agents_share_is_its_fraction_of_the_work_or_of_the_agents_sum():
+    agents = [agent(20, 25), agent(25, 25), agent(15, 50)]
+    assert [round(share, 3) for share in shares_of(agents, "attached", 60)] == [0.333, 0.417, 0.25]
+    assert [round(share, 2) for share in shares_of(agents, "messages_received")] == [
+        0.25,
+        0.25,
+        0.5,
+    ]
+
+
+def test_shares_are_within_tolerance_only_when_every_agent_is_near_one_kth():
+    # 1/3 +- 10% of the total: 23.3% .. 43.3%.
+    assert shares_within([agent(20, 25), agent(25, 25), agent(15, 50)], "attached", 60)
+    assert not shares_within([agent(20, 25), agent(25, 25), agent(15, 50)], "messages_received")
+    # One agent carrying everything while the other idles is outside.
+    assert not shares_within([agent(30, 1), agent(0, 1)], "attached", 30)
+    # Two agents that each attached every conversation: 100% each of the work, not 1/2.
+    assert not shares_within([agent(30, 30), agent(30, 30)], "attached", 30)
+    assert not shares_within([], "attached")
