@@ -41,6 +41,11 @@ from soak.oracle import Sent
 # The stand-in's presence timeout (Ably's documented 15 s; shrunk for the tiny run).
 PRESENCE_LEAVE_DELAY_MS = 15_000
 TINY_PRESENCE_LEAVE_DELAY_MS = 2_000
+# A cleanly stopped agent's replies in flight should end whole; today the new owner may mark
+# them `interrupted` as soon as the stopping agent leaves the control channel (reported to the
+# lead: `Agent._settle_replies_of` does not wait for the leaver's grace period). Counted and
+# printed either way; set False to fail the scenario on it once that is fixed.
+CLEAN_STOP_MAY_INTERRUPT = True
 # Every conversation of a dead or stopped agent must answer again within this of the event
 # (the presence timeout plus a reply, with room for a loaded machine).
 MAX_TAKEOVER_SECONDS = 45.0
@@ -194,6 +199,20 @@ def figure(values: list[float | None]) -> str:
     return f"{percentile(done, 0.5):.1f} / {max(done):.1f}"
 
 
+async def agent_mid_reply(agent_ids: list[str], conversation_ids: list[str]) -> str:
+    """The agent with the most replies `streaming` in the database now (waits for one)."""
+    from asgiref.sync import sync_to_async
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        streaming = await sync_to_async(streaming_replies_of)(agent_ids, conversation_ids)
+        if streaming:
+            owners = list(streaming.values())
+            return max(agent_ids, key=owners.count)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no agent had a reply streaming")
+
+
 async def wait_ready(agent: Service) -> None:
     # Off the loop: the devices and the load keep running while a process boots.
     await asyncio.to_thread(agent.wait_for_output, " ready: ", 120)
@@ -234,10 +253,13 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
     await asyncio.sleep(phase)
 
     # One agent stops cleanly (SIGTERM: it leaves the control channel, finishes its replies).
-    stopped, stopped_id = agents[0], ids[0]
+    # The one with the most replies streaming: a clean stop must let them finish.
+    stopped_id = await agent_mid_reply(ids, conversation_ids)
+    stopped = agents[ids.index(stopped_id)]
     stopped_owned = [
         i for i, c in enumerate(conversation_ids) if owner_of(c, members) == stopped_id
     ]
+    stop_streaming = await sync_to_async(streaming_replies_of)([stopped_id], conversation_ids)
     stop_at = time.monotonic()
     stopped.process.send_signal(signal.SIGTERM)
     stop_exit = await asyncio.to_thread(stopped.process.wait, 60)
@@ -247,17 +269,7 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
     await asyncio.sleep(phase)
 
     # kill -9 of the live agent with the most replies streaming at that moment.
-    live = [i for i in ids if i in members]
-    victim_id, streaming_then = "", {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        streaming_then = await sync_to_async(streaming_replies_of)(live, conversation_ids)
-        if streaming_then:
-            counts = {a: list(streaming_then.values()).count(a) for a in live}
-            victim_id = max(live, key=lambda a: counts[a])
-            break
-        await asyncio.sleep(0.05)
-    assert victim_id, "no agent had a reply streaming to kill it in"
+    victim_id = await agent_mid_reply([i for i in ids if i in members], conversation_ids)
     victim = agents[ids.index(victim_id)]
     killed_owned = [i for i, c in enumerate(conversation_ids) if owner_of(c, members) == victim_id]
     os.kill(victim.pid, signal.SIGKILL)
@@ -277,8 +289,7 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
     await prompting
 
     # A reply the killed agent was streaming may end `interrupted`; every other must complete.
-    # The stopped agent's too, counted apart: it should have finished them (see
-    # `stop_interrupted` below), but the new owner may settle them first (reported as a defect).
+    # The stopped agent's too, counted apart (CLEAN_STOP_MAY_INTERRUPT).
     stop_interrupted = await sync_to_async(interrupted_replies_of)(stopped_id, conversation_ids)
     for turn in load.turns:
         if turn.item.prompt_id in killed_streaming or turn.item.prompt_id in stop_interrupted:
@@ -301,7 +312,8 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
         ],
         [
             "SIGTERM (clean stop)",
-            f"exit {stop_exit} after {stop_exit_seconds:.1f} s",
+            f"{len(stop_streaming)} replies streaming; exit {stop_exit} after "
+            f"{stop_exit_seconds:.1f} s",
             len(stopped_owned),
             f"{len(stop_interrupted)} of its replies ended interrupted",
             figure(list(stop_answered.values())),
@@ -344,6 +356,7 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
         and stop_exit == 0
         and bool(killed_streaming)
         and all(status == "interrupted" for status, _ in settled.values())
+        and (CLEAN_STOP_MAY_INTERRUPT or not stop_interrupted)
         and not stuck_stop
         and not stuck_kill
         and all(v is not None for v in gained_answered.values())
