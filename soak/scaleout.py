@@ -48,7 +48,7 @@ TINY_PRESENCE_LEAVE_DELAY_MS = 2_000
 CLEAN_STOP_MAY_INTERRUPT = True
 # Every conversation of a dead or stopped agent must answer again within this of the event
 # (the presence timeout plus a reply, with room for a loaded machine).
-MAX_TAKEOVER_SECONDS = 45.0
+MAX_TAKEOVER_SECONDS = 60.0
 
 
 def presence_leave_delay_ms(tiny: bool) -> int:
