@@ -8,6 +8,9 @@
 - agents, dbfail, malformed, dupid, stopcrash, ablywipe, noheaders: issue 13's defects, each
            judged on every device against the database and a fresh reader of the channel
            (soak/faults.py, soak/oracle.py).
+- scaleout: issue 15: 3 agents share 60 conversations x 2 devices under load; a 4th joins, one
+           stops cleanly, one is killed mid-reply: 0 lost or doubled, 0 left streaming, and the
+           time until the dead agent's conversations answer again (soak/scaleout.py).
 
 The load phase runs 240 s (`SOAK_LOAD_SECONDS` changes it): memory is judged after 150 s, once
 the Ably stand-in's 2-minute resume window has filled. `--tiny` shrinks every scenario to
@@ -37,6 +40,8 @@ SCENARIOS = {
     "stopcrash": "kill -9 the agent as it publishes `stop` (before/after it reached Ably)",
     "ablywipe": "kill -9 the Ably stand-in mid-reply, restart it empty, 5x",
     "noheaders": "a model that never sends headers: error within the stall timeout",
+    # Issue 15 (soak/scaleout.py).
+    "scaleout": "3 agents under load; a 4th joins, one stops, one is kill -9'd mid-reply",
 }
 OPTIONS = ("--tiny", "--postgres")
 USAGE = (

@@ -641,6 +641,10 @@ def scenario_for(name: str, stack: Stack, tiny: bool, server: Any) -> Awaitable[
         return crash(stack, tiny)
     if name == "restart":
         return restart(stack, tiny, server)
+    if name == "scaleout":
+        from soak.scaleout import scale_out
+
+        return scale_out(stack, tiny)
     if name in ("agents", "dbfail"):
         return faults.agents_under_load(stack, tiny, sabotage=name == "dbfail")
     return {
@@ -670,6 +674,11 @@ def run(name: str, tiny: bool, postgres: bool = False) -> int:
             # (Ably keeps it on disk) would grow with every reply and hide a leak, so there it
             # is kept only as long as any device or agent needs it (a prompt read back on attach).
             limits = {"history_retention": LOAD_HISTORY_RETENTION_SECONDS} if name == "load" else {}
+            if name == "scaleout":
+                # A dead agent's conversations move when its presence entry times out.
+                from soak.scaleout import presence_leave_delay_ms
+
+                limits["presence_leave_delay"] = presence_leave_delay_ms(tiny)
             ably, port = common.start_ably(workdir, **limits)
             services.append(ably)
             ably_endpoint, ably_pid, ably_service = f"http://127.0.0.1:{port}", ably.pid, ably

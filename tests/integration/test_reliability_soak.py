@@ -11,6 +11,9 @@ starts its own stand-ins, agents and scratch database). On a Postgres run of the
 (DATABASE_URL=postgres://...) the ones where the database matters run on a scratch Postgres
 database of their own on that server. Time limits are not judged here (SOAK_TIMING=off): the
 figures are printed, and `make soak` judges them.
+
+Issue 15's `scaleout` (soak/scaleout.py) runs here too: agents joining, stopping and dying under
+load, with a 2 s presence timeout instead of Ably's 15 s.
 """
 
 from __future__ import annotations
@@ -118,6 +121,20 @@ def test_a_model_that_never_sends_headers_ends_in_an_error_on_every_device():
     output = run_soak("noheaders", "--tiny", timeout=170)
     assert "SUMMARY noheaders: ok:" in output, output[-3000:]
     assert "error:1" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_agents_joining_stopping_and_killed_mid_reply_lose_and_double_nothing():
+    # Issue 15: 3 agents under load, a 4th joins, one is stopped, one kill -9'd mid-reply.
+    output = run_soak("scaleout", "--tiny", timeout=240, database_matters=True)
+    summary = re.search(
+        r"SUMMARY scaleout: ok: \w+: (\d+) prompts, 0 lost .* 0 device replies not final, "
+        r"0 answered twice, 0 device/DB disagreements, 0 reader/DB disagreements.*; "
+        r"kill -9 -> its (\d+) streaming replies final in DB",
+        output,
+    )
+    assert summary, output[-3000:]
+    assert int(summary.group(1)) > 0 and int(summary.group(2)) > 0, summary.group(0)
 
 
 def test_an_unknown_scenario_is_a_usage_error():
