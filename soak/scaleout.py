@@ -41,11 +41,6 @@ from soak.oracle import Sent
 # The stand-in's presence timeout (Ably's documented 15 s; shrunk for the tiny run).
 PRESENCE_LEAVE_DELAY_MS = 15_000
 TINY_PRESENCE_LEAVE_DELAY_MS = 2_000
-# A cleanly stopped agent's replies in flight should end whole; today the new owner may mark
-# them `interrupted` as soon as the stopping agent leaves the control channel (reported to the
-# lead: `Agent._settle_replies_of` does not wait for the leaver's grace period). Counted and
-# printed either way; set False to fail the scenario on it once that is fixed.
-CLEAN_STOP_MAY_INTERRUPT = True
 # Every conversation of a dead or stopped agent must answer again within this of the event
 # (the presence timeout plus a reply, with room for a loaded machine).
 MAX_TAKEOVER_SECONDS = 60.0
@@ -289,7 +284,7 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
     await prompting
 
     # A reply the killed agent was streaming may end `interrupted`; every other must complete.
-    # The stopped agent's too, counted apart (CLEAN_STOP_MAY_INTERRUPT).
+    # The stopped agent's too, counted apart: a clean stop drains, so none may end interrupted.
     stop_interrupted = await sync_to_async(interrupted_replies_of)(stopped_id, conversation_ids)
     for turn in load.turns:
         if turn.item.prompt_id in killed_streaming or turn.item.prompt_id in stop_interrupted:
@@ -356,7 +351,7 @@ async def scale_out(stack: Any, tiny: bool) -> tuple[bool, str]:
         and stop_exit == 0
         and bool(killed_streaming)
         and all(status == "interrupted" for status, _ in settled.values())
-        and (CLEAN_STOP_MAY_INTERRUPT or not stop_interrupted)
+        and not stop_interrupted
         and not stuck_stop
         and not stuck_kill
         and all(v is not None for v in gained_answered.values())
