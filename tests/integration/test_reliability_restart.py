@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 
+from conversations import realtime
 from conversations.agent.ably_adapter import unsettled_sends
 from conversations.models import Message
 from emulators.ably.server import AblyApp, EmulatorServer
+from soak.devices import RecoveringDevice
 from tests.agent_fixtures import PATTERNS
 
 TEXT = " ".join(f"piece{i}" for i in range(150))
@@ -64,16 +67,36 @@ def restart_without_state(server: EmulatorServer) -> None:
     server.start()
 
 
+@pytest.fixture
+async def recovering_devices(stand_ins: Any) -> Any:
+    """Factory: devices that recover like the page does when a connection cannot resume (a new
+    connection, so an attach without RESUMED): from channel history. Whoever reconnects first,
+    the agent or a device, the device ends with what the channel holds."""
+    ably_server, _ = stand_ins
+    opened: list[RecoveringDevice] = []
+
+    async def open_device(user: Any, conversation: Any) -> RecoveringDevice:
+        token = await sync_to_async(realtime.create_token)(user)
+        device = RecoveringDevice(user, conversation.pk, ably_server.endpoint, token)
+        opened.append(device)
+        await device.attach()
+        return device
+
+    yield open_device
+    for device in opened:
+        await device.close()
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 async def test_a_stand_in_restarted_without_its_state_mid_reply_ends_whole_on_every_device(
-    pattern, stand_ins, start_agent, devices, alice, conversation, caplog
+    pattern, stand_ins, start_agent, recovering_devices, alice, conversation, caplog
 ):
     ably_server, anthropic_server = stand_ins
     # The model goes on writing through the outage: ~20 deltas a second the agent cannot send.
     anthropic_server.set_pacing(ttft=0.05, tokens_per_second=40)
     agent = await asyncio.to_thread(start_agent, streaming_pattern=pattern, connections=1)
-    phone = await devices(alice, conversation)
-    laptop = await devices(alice, conversation)
+    phone = await recovering_devices(alice, conversation)
+    laptop = await recovering_devices(alice, conversation)
     prompt_id = await phone.prompt(f"Say exactly: {TEXT}")
     partial = await laptop.streaming(prompt_id)
     assert partial.text != TEXT
@@ -94,7 +117,7 @@ async def test_a_stand_in_restarted_without_its_state_mid_reply_ends_whole_on_ev
     caplog.set_level(logging.INFO, logger="ably.realtime.connectionmanager")
     await asyncio.to_thread(restart_without_state, ably_server)
 
-    # Reconnecting may wait out ably-python's 15 s retry timer; nothing may wait longer.
+    # A device's reconnect may come after the agent's repair: it reads that from history.
     for device in (phone, laptop):
         reply = await device.final_reply(prompt_id, timeout=60)
         assert (reply.status, reply.text) == ("complete", TEXT), reply.error
