@@ -14,6 +14,7 @@ import { attachCopyButton, renderMarkdown, renderPlain } from "./markdown.js";
 // Attachments (issue 17): the composer's files and the list under a prompt.
 import { attachmentsHeader, bindComposerAttachments, parseAttachmentsHeader, renderAttachmentList } from "./attachments.js";
 import { createVersions } from "./versions.js";
+import { ensureBar, turnButton } from "./turn-controls.js";
 import { createTranscript, newReply, partText } from "./transcript.js";
 
 const HISTORY_PAGE_LIMIT = 1000;
@@ -174,23 +175,11 @@ export function mountConversation(realtime, root, config, hooks = {}) {
   }
 
   function actionBar(element) {
-    let bar = element.querySelector("[data-turn-actions]");
-    if (!bar) {
-      bar = document.createElement("div");
-      bar.className = "turn-actions";
-      bar.dataset.turnActions = "";
-      element.append(bar);
-    }
-    return bar;
+    return ensureBar(element, "[data-turn-actions]", "turn-actions", "turnActions");
   }
 
   function actionButton(bar, label, name, onClick) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "turn-action";
-    button.dataset[name] = "";
-    button.textContent = label;
-    button.addEventListener("click", onClick);
+    const button = turnButton(label, name, onClick);
     bar.append(button);
     return button;
   }

@@ -10,6 +10,7 @@
 // reply started names the prompt, and is moved under the reply when it starts, as the agent does.
 
 import { csrfToken } from "./realtime.js";
+import { ensureBar, turnButton } from "./turn-controls.js";
 
 // As events.PATH_EVENT_MAX_IDS: a longer path names only its newest ids.
 const PATH_EVENT_MAX_IDS = 1000;
@@ -128,26 +129,11 @@ export function createVersions(root, config, hooks) {
   }
 
   function versionBar(element) {
-    let bar = element.querySelector(":scope > [data-version-bar]");
-    if (!bar) {
-      bar = document.createElement("div");
-      bar.className = "version-bar";
-      bar.dataset.versionBar = "";
-      element.append(bar);
-    }
-    return bar;
+    return ensureBar(element, ":scope > [data-version-bar]", "version-bar", "versionBar");
   }
 
   function button(label, name, title, onClick) {
-    const element = document.createElement("button");
-    element.type = "button";
-    element.className = "turn-action version-button";
-    element.dataset[name] = "";
-    element.textContent = label;
-    element.title = title;
-    element.setAttribute("aria-label", title);
-    element.addEventListener("click", onClick);
-    return element;
+    return turnButton(label, name, onClick, { className: "turn-action version-button", title });
   }
 
   function decorate(element, siblings) {
