@@ -6,15 +6,19 @@ about a change that rolled back. Web actions come first; the agent's are in the 
 
 from __future__ import annotations
 
+import datetime
+import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Q
 from django.utils import timezone
 
 from . import events, realtime, tree
-from .models import AgentLease, Conversation, Message
+from .models import AgentLease, Attachment, Conversation, Message
 from .text import storable
 
 
@@ -113,6 +117,129 @@ def revoke_ably_tokens(users: Iterable[Any]) -> None:
 # unit of work; no write happens per token.
 
 
+# The agent's per-reply units (intake, claim, finish) run on its one database thread for every
+# prompt: built with the ORM they were ~30 queries and ~10 ms of CPU per reply, over half of it
+# Django compiling the SQL (issue 14). So their fixed statements are written here once, as SQL
+# with `%s` parameters that both SQLite and Postgres take (`connection.cursor()` converts the
+# placeholders), and every value goes through its model field's `get_db_prep_*`, as the ORM
+# would send it. Constants are inlined (never user data) so SQLite can use the partial indexes.
+# The rare branches (a replayed prompt, a lost race, earlier replies to wait for) use the ORM.
+
+_M = Message._meta.db_table
+_C = Conversation._meta.db_table
+_ATTACHED = Attachment.messages.through._meta.db_table
+_USER = f"'{Message.Role.USER.value}'"
+_ASSISTANT = f"'{Message.Role.ASSISTANT.value}'"
+_STREAMING = f"'{Message.Status.STREAMING.value}'"
+
+
+def _db(model: Any, field: str, value: Any) -> Any:
+    """`value` as the backend stores `model.field` (a UUID as hex on SQLite, datetimes in UTC)."""
+    return model._meta.get_field(field).get_db_prep_value(value, connection, prepared=False)
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    """A UUID column as read raw: a `UUID` from Postgres, its hex string from SQLite."""
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    return uuid.UUID(value)
+
+
+def _for_update(sql: str, table: str) -> str:
+    """Lock the row read from `table` (its alias) until commit (Postgres). SQLite has no row locks and
+    needs none: its IMMEDIATE transactions (settings.py) hold the write lock from the start."""
+    return f"{sql} FOR UPDATE OF {table}" if connection.features.has_select_for_update else sql
+
+
+_insert_statement: tuple[str, list[Any]] | None = None
+
+
+def _insert_new(message: Message) -> bool:
+    """INSERT the unsaved `message` unless one of its unique constraints already holds a row
+    (`ON CONFLICT DO NOTHING`, in both backends: no savepoint to catch an IntegrityError).
+
+    True and `message.pk` set when inserted; False when the row was there (a prompt stored
+    before, a request another agent claimed). Values as `Model.save()` would write them.
+    """
+    global _insert_statement
+    if _insert_statement is None:
+        fields = [f for f in Message._meta.concrete_fields if not f.primary_key]
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        values = ", ".join(["%s"] * len(fields))
+        sql = f"INSERT INTO {_M} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
+        _insert_statement = (sql, fields)
+    sql, fields = _insert_statement
+    params = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:
+            cursor.execute(f"{sql} RETURNING id", params)
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            pk = row[0]
+        else:
+            cursor.execute(sql, params)
+            if cursor.rowcount != 1:
+                return False
+            pk = cursor.lastrowid
+    message.pk = pk
+    message._state.adding = False
+    message._state.db = connection.alias
+    return True
+
+
+class TreeRow(NamedTuple):
+    """The columns of a message the tree, the path and the model context read (`tree.Node`)."""
+
+    pk: int
+    parent_id: int | None
+    role: str
+    prompt_id: uuid.UUID
+    response_id: uuid.UUID | None
+    text: str = ""
+    # Whether any attachment is linked to it (issue 17).
+    attached: bool = False
+
+
+def tree_rows(cursor: CursorWrapper, conversation_id: Any, *, texts: bool = False) -> list[TreeRow]:
+    """A conversation's messages in `Message.Meta.ordering`, as rows: one statement, no model
+    instances. `texts`: with their text and whether files are attached (for a model context)."""
+    more = (
+        f", m.text, EXISTS (SELECT 1 FROM {_ATTACHED} a WHERE a.message_id = m.id)" if texts else ""
+    )
+    cursor.execute(
+        f"SELECT m.id, m.parent_id, m.role, m.prompt_id, m.response_id{more} FROM {_M} m"
+        " WHERE m.conversation_id = %s ORDER BY m.created_at, m.id",
+        [_db(Conversation, "id", conversation_id)],
+    )
+    return [
+        TreeRow(
+            row[0],
+            row[1],
+            row[2],
+            uuid.UUID(row[3]) if isinstance(row[3], str) else row[3],
+            _uuid(row[4]),
+            *((row[5], bool(row[6])) if texts else ()),
+        )
+        for row in cursor.fetchall()
+    ]
+
+
+@dataclass(frozen=True)
+class PromptTaken:
+    """What `take_in_prompt` did."""
+
+    # The stored prompt (just now, or before); None when answered already or deleted.
+    prompt: Message | None
+    created: bool = False
+    # Its first reply exists already (another agent answered it): nothing was stored.
+    answered: bool = False
+    # The conversation no longer exists: nothing was stored.
+    deleted: bool = False
+    # The shown path with the new prompt on it (only when `created`).
+    path: events.Path | None = None
+
+
 def record_prompt(
     conversation_id: Any,
     *,
@@ -131,73 +258,237 @@ def record_prompt(
     prompt; `parent_id`: after that message; else after the shown path's leaf) and becomes the
     shown path's leaf.
     """
-    with transaction.atomic():
-        existing = Message.objects.filter(prompt_id=prompt_id, role=Message.Role.USER).first()
-        if existing is not None:
-            if str(existing.conversation_id) != str(conversation_id):
-                raise ValueError("promptId already belongs to another conversation")
-            return existing, False
-        # Locked: two prompts arriving at once each continue the path the other made.
-        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-        parent = (
-            _prompt_parent(conversation, parent_id=parent_id, edit_of=edit_of)
-            if conversation is not None
-            else None
+    taken = take_in_prompt(
+        conversation_id,
+        prompt_id=prompt_id,
+        text=text,
+        client_id=client_id,
+        parent_id=parent_id,
+        edit_of=edit_of,
+        unless_answered=False,
+    )
+    if taken.prompt is None:
+        raise IntegrityError(f"conversation {conversation_id} does not exist")
+    return taken.prompt, taken.created
+
+
+def take_in_prompt(
+    conversation_id: Any,
+    *,
+    prompt_id: str,
+    text: str,
+    client_id: str,
+    parent_id: str | None = None,
+    edit_of: str | None = None,
+    unless_answered: bool = True,
+) -> PromptTaken:
+    """`record_prompt` for the agent's intake, and the shown path it makes, in 3-4 statements.
+
+    `unless_answered`: store nothing if the prompt's first reply exists (another agent answered
+    it). Nothing is stored either in a conversation deleted since. A promptId already used in a
+    different conversation raises ValueError.
+    """
+    with transaction.atomic(savepoint=False):
+        taken = _take_in_prompt(
+            conversation_id,
+            prompt_id=prompt_id,
+            text=text,
+            client_id=client_id,
+            parent_id=parent_id,
+            edit_of=edit_of,
+            unless_answered=unless_answered,
         )
-        # Not `get_or_create`: its first query would repeat the lookup just made. The unique
-        # constraint on (prompt_id, role=user) settles a race with another process, as it
-        # would for `get_or_create` (which also falls back to reading the winner's row).
-        try:
-            with transaction.atomic():
-                prompt = Message.objects.create(
-                    prompt_id=prompt_id,
-                    role=Message.Role.USER,
-                    conversation_id=conversation_id,
-                    client_id=client_id,
-                    text=storable(text),
-                    status=Message.Status.COMPLETE,
-                    parent=parent,
-                )
-            created = True
-        except IntegrityError:
+    # Raised once the transaction has ended: nothing was written, and an outer transaction
+    # that catches it can go on.
+    if taken is None:
+        raise ValueError("promptId already belongs to another conversation")
+    return taken
+
+
+_ANSWERED = (
+    f"EXISTS (SELECT 1 FROM {_M} r WHERE r.role = {_ASSISTANT} AND r.prompt_id = %s"
+    " AND r.request_id = r.prompt_id)"
+)
+
+
+def _take_in_prompt(
+    conversation_id: Any,
+    *,
+    prompt_id: str,
+    text: str,
+    client_id: str,
+    parent_id: str | None,
+    edit_of: str | None,
+    unless_answered: bool,
+) -> PromptTaken | None:
+    """`take_in_prompt` inside its transaction; None: the promptId is another conversation's."""
+    conversation_pk = _db(Conversation, "id", conversation_id)
+    prompt_key = _db(Message, "prompt_id", prompt_id)
+    with connection.cursor() as cursor:
+        # One statement: the conversation (locked: two prompts arriving at once each continue
+        # the path the other made), whether the prompt was answered, whether it is stored.
+        cursor.execute(
+            _for_update(
+                f"SELECT c.current_leaf_id, {_ANSWERED}, (SELECT u.id FROM {_M} u"
+                f" WHERE u.role = {_USER} AND u.prompt_id = %s) FROM {_C} c WHERE c.id = %s",
+                "c",
+            ),
+            [prompt_key, prompt_key, conversation_pk],
+        )
+        found = cursor.fetchone()
+        if found is None:
+            cursor.execute(f"SELECT {_ANSWERED}", [prompt_key])
+            answered = bool(cursor.fetchone()[0])
+            if answered and unless_answered:
+                return PromptTaken(prompt=None, answered=True)
+            return PromptTaken(prompt=None, deleted=True)
+        leaf_pk, answered, stored_pk = found
+        if answered and unless_answered:
+            return PromptTaken(prompt=None, answered=True)
+        if stored_pk is not None:
+            return _stored_prompt(stored_pk, conversation_id)
+        rows = tree_rows(cursor, conversation_id)
+        parent = _prompt_parent(rows, leaf_pk, parent_id=parent_id, edit_of=edit_of)
+        prompt = Message(
+            prompt_id=prompt_id,
+            role=Message.Role.USER,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            text=storable(text),
+            status=Message.Status.COMPLETE,
+            parent_id=parent.pk if parent is not None else None,
+        )
+        # The unique constraint on (prompt_id, role=user) settles a race with another process:
+        # the loser reads the winner's row.
+        if not _insert_new(prompt):
             winner = Message.objects.filter(prompt_id=prompt_id, role=Message.Role.USER).first()
             if winner is None:
-                raise  # not the prompt's constraint (as `get_or_create` re-raises it too)
-            prompt, created = winner, False
-        if str(prompt.conversation_id) != str(conversation_id):
-            raise ValueError("promptId already belongs to another conversation")
-        if created:
-            Conversation.objects.filter(pk=conversation_id).update(
-                updated_at=timezone.now(), current_leaf=prompt
-            )
-    return prompt, created
+                raise IntegrityError(f"prompt {prompt_id} was neither stored nor found")
+            return _stored_prompt(winner.pk, conversation_id, winner)
+        cursor.execute(
+            f"UPDATE {_C} SET updated_at = %s, current_leaf_id = %s WHERE id = %s",
+            [_db(Conversation, "updated_at", timezone.now()), prompt.pk, conversation_pk],
+        )
+    path = tree.path_to(rows, parent.pk) if parent is not None else []
+    ids = (*(tree.wire_id(row) for row in path), str(_uuid(prompt_id)))
+    return PromptTaken(prompt=prompt, created=True, path=events.Path(ids=ids))
+
+
+def _stored_prompt(
+    pk: int, conversation_id: Any, stored: Message | None = None
+) -> PromptTaken | None:
+    prompt = stored or Message.objects.get(pk=pk)
+    if str(prompt.conversation_id) != str(conversation_id):
+        return None
+    return PromptTaken(prompt=prompt, created=False)
 
 
 def _prompt_parent(
-    conversation: Conversation, *, parent_id: str | None, edit_of: str | None
-) -> Message | None:
-    messages = Message.objects.filter(conversation=conversation)
-    if edit_of:
-        edited = messages.filter(role=Message.Role.USER, prompt_id=edit_of).first()
-        if edited is not None:
-            return edited.parent
-    parent = None
-    if parent_id:
-        parent = (
-            messages.filter(response_id=parent_id).first()
-            or messages.filter(role=Message.Role.USER, prompt_id=parent_id).first()
+    rows: list[TreeRow], leaf_pk: int | None, *, parent_id: str | None, edit_of: str | None
+) -> TreeRow | None:
+    """Where a new prompt goes in the tree, from the conversation's rows (issue 16)."""
+    by_pk = {row.pk: row for row in rows}
+    edited_id, after_id = _uuid_or_none(edit_of), _uuid_or_none(parent_id)
+    if edited_id is not None:
+        edited = next(
+            (r for r in rows if r.role == Message.Role.USER and r.prompt_id == edited_id), None
         )
-    if parent is None:
-        parent = conversation.current_leaf
+        if edited is not None:
+            return by_pk.get(edited.parent_id) if edited.parent_id is not None else None
+    parent = None
+    if after_id is not None:
+        parent = next((r for r in rows if r.response_id == after_id), None) or next(
+            (r for r in rows if r.role == Message.Role.USER and r.prompt_id == after_id), None
+        )
+    if parent is None and leaf_pk is not None:
+        parent = by_pk.get(leaf_pk)
     if parent is not None and parent.role == Message.Role.USER:
-        # The device sent it before that prompt's reply started: it continues the reply.
-        first_reply = (
-            messages.filter(role=Message.Role.ASSISTANT, parent=parent)
-            .order_by("created_at", "id")
-            .first()
+        # The device sent it before that prompt's reply started: it continues the reply (the
+        # rows are in creation order, so the first one found is the first reply).
+        first_reply = next(
+            (r for r in rows if r.role == Message.Role.ASSISTANT and r.parent_id == parent.pk),
+            None,
         )
         parent = first_reply or parent
     return parent
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None  # no message has it
+
+
+def first_request(prompt: Message, request_id: str | None) -> bool:
+    """Whether `request_id` asks for the prompt's first reply (not a Regenerate or Retry)."""
+    return request_id is None or str(request_id) == str(prompt.prompt_id)
+
+
+@dataclass(frozen=True)
+class ClaimStart:
+    """The conversation as a claim finds it (see `start_claim`)."""
+
+    system_prompt: str
+    needs_title: bool
+    current_leaf_id: int | None
+    # An earlier reply of the conversation may still be streaming (`store` reads which).
+    waiting: bool
+    # The sender's other prompts since the rate window's start (0 when not asked).
+    recent_prompts: int
+
+
+def start_claim(
+    prompt: Message,
+    *,
+    including_own: bool,
+    wait_for_earlier: bool,
+    rate_window_start: datetime.datetime | None,
+) -> ClaimStart | None:
+    """Lock the prompt's conversation for a claim and read what the claim needs of it, in one
+    statement; None if the conversation is gone. Inside the claim's transaction.
+
+    `wait_for_earlier`: whether replies to earlier prompts (with `including_own`, to this one
+    too) are still streaming, as `store.earlier_replies_in_progress` reads them.
+    """
+    columns = ["c.system_prompt", "c.title", "c.title_set_by_user", "c.current_leaf_id"]
+    params: list[Any] = []
+    if wait_for_earlier:
+        before = "<=" if including_own else "<"
+        columns.append(
+            f"EXISTS (SELECT 1 FROM {_M} r WHERE r.conversation_id = c.id"
+            f" AND r.role = {_ASSISTANT} AND r.status = {_STREAMING} AND r.prompt_id IN"
+            f" (SELECT u.prompt_id FROM {_M} u WHERE u.conversation_id = c.id"
+            f" AND u.role = {_USER} AND u.created_at {before} %s))"
+        )
+        params.append(_db(Message, "created_at", prompt.created_at))
+    if rate_window_start is not None:
+        columns.append(
+            f"(SELECT COUNT(*) FROM {_M} u WHERE u.role = {_USER} AND u.client_id = %s"
+            " AND u.created_at >= %s AND u.id <> %s)"
+        )
+        params += [
+            str(prompt.client_id),
+            _db(Message, "created_at", rate_window_start),
+            prompt.pk,
+        ]
+    sql = f"SELECT {', '.join(columns)} FROM {_C} c WHERE c.id = %s"
+    params.append(_db(Conversation, "id", prompt.conversation_id))
+    with connection.cursor() as cursor:
+        cursor.execute(_for_update(sql, "c"), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    system_prompt, title, title_set_by_user, leaf_pk, *more = row
+    return ClaimStart(
+        system_prompt=system_prompt,
+        needs_title=not title and not title_set_by_user,
+        current_leaf_id=leaf_pk,
+        waiting=bool(more.pop(0)) if wait_for_earlier else False,
+        recent_prompts=int(more.pop(0)) if rate_window_start is not None else 0,
+    )
 
 
 def claim_reply(
@@ -218,27 +509,42 @@ def claim_reply(
     prompt before it started (they continue it) and becomes the leaf if its prompt was; a new
     version always becomes the shown path.
     """
-    first = request_id is None or str(request_id) == str(prompt.prompt_id)
+    first = first_request(prompt, request_id)
+    reply = Message(
+        conversation_id=prompt.conversation_id,
+        role=Message.Role.ASSISTANT,
+        prompt_id=prompt.prompt_id,
+        request_id=prompt.prompt_id if first else request_id,
+        parent_id=prompt.pk,
+        response_id=response_id,
+        model=model,
+        agent_id=agent_id,
+        status=Message.Status.STREAMING,
+    )
     try:
-        with transaction.atomic():
-            reply = Message.objects.create(
-                conversation_id=prompt.conversation_id,
-                role=Message.Role.ASSISTANT,
-                prompt_id=prompt.prompt_id,
-                request_id=prompt.prompt_id if first else request_id,
-                parent_id=prompt.pk,
-                response_id=response_id,
-                model=model,
-                agent_id=agent_id,
-                status=Message.Status.STREAMING,
-            )
-            conversations = Conversation.objects.filter(pk=prompt.conversation_id)
-            if first:
-                Message.objects.filter(parent_id=prompt.pk, role=Message.Role.USER).update(
-                    parent=reply
-                )
-                conversations = conversations.filter(current_leaf_id=prompt.pk)
-            conversations.update(current_leaf=reply)
+        # No savepoint: a claim lost to another agent is no error (`_insert_new`). Only a
+        # conversation deleted meanwhile fails here (its foreign key), which
+        # `store.claim_with_context` rules out by locking the conversation first.
+        with transaction.atomic(savepoint=False):
+            if not _insert_new(reply):
+                return None
+            conversation_pk = _db(Conversation, "id", prompt.conversation_id)
+            with connection.cursor() as cursor:
+                if first:
+                    cursor.execute(
+                        f"UPDATE {_M} SET parent_id = %s WHERE parent_id = %s AND role = {_USER}",
+                        [reply.pk, prompt.pk],
+                    )
+                    cursor.execute(
+                        f"UPDATE {_C} SET current_leaf_id = %s"
+                        " WHERE id = %s AND current_leaf_id = %s",
+                        [reply.pk, conversation_pk, prompt.pk],
+                    )
+                else:
+                    cursor.execute(
+                        f"UPDATE {_C} SET current_leaf_id = %s WHERE id = %s",
+                        [reply.pk, conversation_pk],
+                    )
             return reply
     except IntegrityError:
         return None
@@ -258,7 +564,7 @@ def path_event(conversation_id: Any) -> events.Path:
     return events.Path(ids=tuple(tree.wire_id(m) for m in shown_path(conversation_id)))
 
 
-def path_event_from(messages: Iterable[Message], leaf_pk: int | None) -> events.Path:
+def path_event_from(messages: Iterable[tree.Node], leaf_pk: int | None) -> events.Path:
     """`path_event` from a conversation's messages and its `current_leaf_id`, already loaded."""
     return events.Path(ids=tuple(tree.wire_id(m) for m in tree.path_to(messages, leaf_pk)))
 
@@ -309,37 +615,55 @@ def finish_reply(
     stopped, failed or interrupted before the API reported it). `cache_*_input_tokens`: the
     prompt tokens the API wrote to / read from its prompt cache (not part of `input_tokens`).
     """
-    with transaction.atomic():
-        updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
-            status=str(status),
-            text=storable(text),
-            thinking=storable(thinking),
-            stop_reason=storable(stop_reason or ""),
-            error=storable(error),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            usage_estimated=usage_estimated,
-            cache_creation_input_tokens=cache_creation_input_tokens,
-            cache_read_input_tokens=cache_read_input_tokens,
-            first_token_at=first_token_at,
-            completed_at=timezone.now(),
+    now = timezone.now()
+    values = {
+        "status": str(status),
+        "text": storable(text),
+        "thinking": storable(thinking),
+        "stop_reason": storable(stop_reason or ""),
+        "error": storable(error),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "usage_estimated": usage_estimated,
+        "cache_creation_input_tokens": cache_creation_input_tokens,
+        "cache_read_input_tokens": cache_read_input_tokens,
+        "first_token_at": first_token_at,
+        "completed_at": now,
+    }
+    # Two statements (see "The agent's per-reply units" above): the outcome, then the
+    # conversation's activity, which returns what the list change needs.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_M} SET {', '.join(f'{name} = %s' for name in values)}"
+            f" WHERE id = %s AND status = {_STREAMING}",
+            [*(_db(Message, name, value) for name, value in values.items()), reply.pk],
         )
+        updated = cursor.rowcount
         if updated:
-            conversation = Conversation.objects.select_related("owner").get(
-                pk=reply.conversation_id
-            )
-            # What `save(update_fields=["updated_at"])` writes, without a model save's work.
-            conversation.updated_at = timezone.now()
-            Conversation.objects.filter(pk=conversation.pk).update(
-                updated_at=conversation.updated_at
-            )
-            if publish is None:
-                publish_list_change(conversation, events.ListAction.ACTIVITY)
-            else:
-                change = _list_change(conversation, events.ListAction.ACTIVITY)
-                channel = events.user_channel(realtime.client_id_for_user(conversation.owner))
-                transaction.on_commit(lambda: publish(channel, change))
+            conversation = _touch_conversation(cursor, reply.conversation_id, now)
+            change = _list_change(conversation, events.ListAction.ACTIVITY)
+            channel = events.user_channel(realtime.client_id_for_user_pk(conversation.owner_id))
+            send = publish or realtime.publish
+            transaction.on_commit(lambda: send(channel, change))
     return bool(updated)
+
+
+def _touch_conversation(
+    cursor: CursorWrapper, conversation_id: Any, now: datetime.datetime
+) -> Conversation:
+    """Bump the conversation's `updated_at`; it, with what a list change shows of it."""
+    sql = f"UPDATE {_C} SET updated_at = %s WHERE id = %s"
+    params = [_db(Conversation, "updated_at", now), _db(Conversation, "id", conversation_id)]
+    # Where INSERT ... RETURNING works (Postgres, SQLite >= 3.35), so does UPDATE ... RETURNING.
+    if connection.features.can_return_columns_from_insert:
+        cursor.execute(f"{sql} RETURNING title, archived, owner_id", params)
+    else:
+        cursor.execute(sql, params)
+        cursor.execute(f"SELECT title, archived, owner_id FROM {_C} WHERE id = %s", params[1:])
+    title, archived, owner_id = cursor.fetchone()
+    return Conversation(
+        id=conversation_id, title=title, archived=bool(archived), owner_id=owner_id, updated_at=now
+    )
 
 
 def interrupt_abandoned_replies(*, agent_id: str, stale_before: Any) -> list[Message]:

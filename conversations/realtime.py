@@ -87,7 +87,12 @@ class AblyKey:
 
 def client_id_for_user(user: Any) -> str:
     """The stable Ably clientId of a user: the same on every device and every token."""
-    return f"{CLIENT_ID_PREFIX}{user.pk}"
+    return client_id_for_user_pk(user.pk)
+
+
+def client_id_for_user_pk(pk: Any) -> str:
+    """`client_id_for_user` from the user's primary key alone (no user row to load)."""
+    return f"{CLIENT_ID_PREFIX}{pk}"
 
 
 def user_pk_from_client_id(client_id: str | None) -> int | None:

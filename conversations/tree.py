@@ -10,21 +10,41 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from .models import Message
 
 
-def wire_id(message: Message) -> str:
+class Node(Protocol):
+    """What the path and the wire id read of a message: a `Message`, or a leaner row of its
+    columns (the agent's `actions.TreeRow`, issue 14: no model instance per message per reply)."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def parent_id(self) -> Any: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def prompt_id(self) -> Any: ...
+    @property
+    def response_id(self) -> Any: ...
+
+
+N = TypeVar("N", bound=Node)
+
+
+def wire_id(message: Node) -> str:
     """The id devices know a message by: a reply's responseId, a prompt's promptId."""
     if message.role == Message.Role.ASSISTANT and message.response_id:
         return str(message.response_id)
     return str(message.prompt_id)
 
 
-def path_to(messages: Iterable[Message], leaf_pk: int | None) -> list[Message]:
+def path_to(messages: Iterable[N], leaf_pk: int | None) -> list[N]:
     """The path from the root down to `leaf_pk` (root first); empty without a leaf."""
     by_pk = {m.pk: m for m in messages}
-    path: list[Message] = []
+    path: list[N] = []
     seen: set[int] = set()
     node = by_pk.get(leaf_pk) if leaf_pk is not None else None
     while node is not None and node.pk not in seen:

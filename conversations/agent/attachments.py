@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -130,6 +130,13 @@ def link_to_prompt(prompt: Message, attachment_ids: list[str]) -> str | None:
     return None
 
 
+class Turn(Protocol):
+    """A user turn of the model context: a `Message`, or the agent's leaner row of one."""
+
+    @property
+    def pk(self) -> Any: ...
+
+
 @dataclass
 class Placed:
     attachments: int = 0
@@ -164,7 +171,7 @@ def _describe(attachment: Attachment) -> str:
     return f"{attachment.name} (text file)"
 
 
-def add_to_context(user_turns: list[tuple[dict[str, Any], Message]], budget: int) -> Placed:
+def add_to_context(user_turns: list[tuple[dict[str, Any], Turn]], budget: int) -> Placed:
     """Give each user turn (oldest first, the prompt last) its attachments as content blocks.
 
     `budget` is the token budget left after the text; the prompt's own files are always sent.
@@ -174,7 +181,9 @@ def add_to_context(user_turns: list[tuple[dict[str, Any], Message]], budget: int
         return placed
     by_turn: dict[int, list[Attachment]] = {}
     links = (
-        Attachment.messages.through.objects.filter(message__in=[turn for _, turn in user_turns])
+        Attachment.messages.through.objects.filter(
+            message_id__in=[turn.pk for _, turn in user_turns]
+        )
         .select_related("attachment")
         .order_by("attachment__created_at", "attachment__id")
     )

@@ -20,7 +20,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -246,31 +252,41 @@ def model_context(prompt: Message, *, default_system: str, token_budget: int) ->
     in a row); a cancelled or interrupted reply contributes the text the user saw.
     """
     conversation = Conversation.objects.get(pk=prompt.conversation_id)
-    stored = list(Message.objects.filter(conversation_id=prompt.conversation_id))
+    with connection.cursor() as cursor:
+        rows = actions.tree_rows(cursor, prompt.conversation_id, texts=True)
     return _model_context_from(
-        conversation, stored, prompt, default_system=default_system, token_budget=token_budget
+        conversation.system_prompt,
+        rows,
+        prompt,
+        needs_title=not conversation.title and not conversation.title_set_by_user,
+        default_system=default_system,
+        token_budget=token_budget,
     )
 
 
 def _model_context_from(
-    conversation: Conversation,
-    stored: list[Message],
+    system_prompt: str,
+    rows: list[actions.TreeRow],
     prompt: Message,
     *,
+    needs_title: bool,
     default_system: str,
     token_budget: int,
 ) -> ModelContext:
-    """`model_context` from the conversation and its messages, already loaded."""
-    earlier = tree.path_to(stored, prompt.pk)[:-1]
+    """`model_context` from the conversation's system prompt and its rows, already loaded."""
+    on_path = tree.path_to(rows, prompt.pk)
+    # Files are looked up only when a turn on the path has some (issue 17): most have none.
+    any_attached = any(row.attached for row in on_path)
+    earlier = on_path[:-1]
     replies = {m.prompt_id: m for m in earlier if m.role == Message.Role.ASSISTANT and m.text}
     pairs = [
         (m, replies[m.prompt_id])
         for m in earlier
         if m.role == Message.Role.USER and m.prompt_id in replies
     ]
-    system = conversation.system_prompt.strip() or default_system
+    system = system_prompt.strip() or default_system
     budget = token_budget - estimate_tokens(system) - estimate_tokens(prompt.text)
-    kept: list[tuple[Message, Message]] = []
+    kept: list[tuple[actions.TreeRow, actions.TreeRow]] = []
     for user_turn, reply in reversed(pairs):
         cost = estimate_tokens(user_turn.text) + estimate_tokens(reply.text)
         if cost > budget:
@@ -279,7 +295,7 @@ def _model_context_from(
         kept.append((user_turn, reply))
     kept.reverse()
     messages: list[dict[str, Any]] = []
-    user_messages: list[tuple[dict[str, Any], Message]] = []
+    user_messages: list[tuple[dict[str, Any], attachments.Turn]] = []
     for user_turn, reply in kept:
         messages.append({"role": "user", "content": user_turn.text})
         user_messages.append((messages[-1], user_turn))
@@ -287,13 +303,14 @@ def _model_context_from(
     messages.append({"role": "user", "content": prompt.text})
     user_messages.append((messages[-1], prompt))
     # Attachments (issue 17): files become content blocks within what is left of the budget.
-    attachments.add_to_context(user_messages, budget)
+    if any_attached:
+        attachments.add_to_context(user_messages, budget)
     return ModelContext(
         system=system,
         messages=messages,
         dropped_turns=len(pairs) - len(kept),
         first_exchange=not pairs,
-        needs_title=not conversation.title and not conversation.title_set_by_user,
+        needs_title=needs_title,
     )
 
 
@@ -332,9 +349,20 @@ def claim_with_context(
     reply of the conversation is still streaming nothing is claimed and `waiting_for` says which
     (the caller settles orphans, waits and asks again).
     """
+    including_own = request_id is not None
     with transaction.atomic():
-        if wait_for_earlier:
-            earlier = earlier_replies_in_progress(prompt, including_own=request_id is not None)
+        # First, one statement locks the conversation (a claim and an intake of the same
+        # conversation take turns) and reads what the claim needs of it (issue 14).
+        start = actions.start_claim(
+            prompt,
+            including_own=including_own,
+            wait_for_earlier=wait_for_earlier,
+            rate_window_start=rate_window_start,
+        )
+        if start is None:
+            return Claim()  # the conversation was deleted: nothing to answer
+        if start.waiting:
+            earlier = earlier_replies_in_progress(prompt, including_own=including_own)
             if earlier:
                 return Claim(waiting_for=tuple(earlier))
         reply = actions.claim_reply(
@@ -346,20 +374,23 @@ def claim_with_context(
         )
         if reply is None:
             return Claim()
-        recent = (
-            prompts_since(str(prompt.client_id), rate_window_start, excluding=prompt.pk)
-            if rate_window_start is not None
-            else 0
+        # Read after the claim, so they hold the reply: the context and the shown path come
+        # from the same rows. The conversation is locked, so its leaf is what the claim made it.
+        with connection.cursor() as cursor:
+            rows = actions.tree_rows(cursor, prompt.conversation_id, texts=True)
+        moved = not actions.first_request(prompt, request_id) or (
+            start.current_leaf_id == prompt.pk
         )
-        # Read after the claim, so both hold the reply: the context and the shown path come
-        # from the same two queries (`model_context` and `actions.path_event` would each load
-        # the conversation's messages again).
-        conversation = Conversation.objects.get(pk=prompt.conversation_id)
-        stored = list(Message.objects.filter(conversation_id=prompt.conversation_id))
         context = _model_context_from(
-            conversation, stored, prompt, default_system=default_system, token_budget=token_budget
+            start.system_prompt,
+            rows,
+            prompt,
+            needs_title=start.needs_title,
+            default_system=default_system,
+            token_budget=token_budget,
         )
-        path = actions.path_event_from(stored, conversation.current_leaf_id)
+        path = actions.path_event_from(rows, reply.pk if moved else start.current_leaf_id)
+        recent = start.recent_prompts
     return Claim(reply=reply, context=context, path=path, recent_prompts=recent)
 
 
@@ -395,11 +426,7 @@ def record_prompt(
     session remembers that, see `ConversationSession._may_write`).
     """
     with transaction.atomic():
-        if answered_prompt_ids([prompt_id]):
-            return Intake(prompt=None)
-        if not conversation_exists(conversation_id):
-            return Intake(prompt=None, deleted=True)
-        stored, created = actions.record_prompt(
+        taken = actions.take_in_prompt(
             conversation_id,
             prompt_id=prompt_id,
             text=text,
@@ -407,16 +434,12 @@ def record_prompt(
             parent_id=parent_id,
             edit_of=edit_of,
         )
-        refusal = attachments.link_to_prompt(stored, attachment_ids)
-        # A prompt just stored is its conversation's shown leaf (`actions.record_prompt`).
-        path = (
-            actions.path_event_from(
-                Message.objects.filter(conversation_id=conversation_id), stored.pk
-            )
-            if created
-            else None
-        )
-    return Intake(prompt=stored, created=created, attachment_refusal=refusal, path=path)
+        if taken.prompt is None:
+            return Intake(prompt=None, deleted=taken.deleted)
+        refusal = attachments.link_to_prompt(taken.prompt, attachment_ids)
+    return Intake(
+        prompt=taken.prompt, created=taken.created, attachment_refusal=refusal, path=taken.path
+    )
 
 
 def owner_client_id(conversation_id: Any) -> str | None:
