@@ -98,7 +98,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     sqlite_options = DATABASES["default"].setdefault("OPTIONS", {})
     sqlite_options.setdefault("timeout", env.float("SQLITE_BUSY_TIMEOUT", default=20.0))
     sqlite_options.setdefault("transaction_mode", "IMMEDIATE")
-    sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
+    # synchronous=NORMAL is SQLite's recommendation for WAL: a commit no longer waits for an
+    # fsync (~0.1 ms of CPU and ~0.5 ms on the agent's database thread each, three per reply,
+    # issue 14). The database stays consistent; only a power loss or an OS crash (never a
+    # process crash) can lose the last commits before a checkpoint. Production runs Postgres.
+    sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
     # A file, not memory, so agent subprocesses started by tests share the test database; one
     # per test run, so runs side by side don't delete each other's.
     DATABASES["default"].setdefault(

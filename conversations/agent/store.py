@@ -100,23 +100,31 @@ async def db_retrying(
             delay = min(delay * 2, DB_RETRY_MAX_DELAY)
 
 
-def user_for_client_id(client_id: str | None) -> Any | None:
-    pk = realtime.user_pk_from_client_id(client_id)
-    if pk is None:
-        return None
-    return get_user_model().objects.filter(pk=pk, is_active=True).first()
-
-
 def sender_may_write(conversation_id: Any, client_id: str | None) -> bool:
     """Whether the (Ably-verified) clientId belongs to a user who may write to the conversation."""
-    user = user_for_client_id(client_id)
-    if user is None:
+    pk = realtime.user_pk_from_client_id(client_id)
+    if pk is None:
         return False
-    return Conversation.objects.for_user(user).filter(pk=conversation_id).exists()
+    User = get_user_model()  # noqa: N806 - Django's idiom
+    # One query (issue 14): the user is never loaded, only named (`for_user` stays the one rule
+    # of who may write), and whether it is active is asked in the same statement.
+    active = User.objects.filter(pk=pk, is_active=True)
+    return (
+        Conversation.objects.for_user(User(pk=pk))
+        .filter(Exists(active), pk=conversation_id)
+        .exists()
+    )
 
 
 def conversation_exists(conversation_id: Any) -> bool:
-    return Conversation.objects.filter(pk=conversation_id).exists()
+    # Raw: asked for every conversation the agent attaches (issue 14, see `actions`' "The
+    # agent's per-reply units"); the ORM's compile is most of the cost of so small a query.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {Conversation._meta.db_table} WHERE id = %s",
+            [Conversation._meta.pk.get_db_prep_value(conversation_id, connection)],
+        )
+        return cursor.fetchone() is not None
 
 
 def prompts_since(client_id: str, since: datetime.datetime, *, excluding: Any = None) -> int:

@@ -133,6 +133,9 @@ def test_sqlite_is_shared_in_wal_mode_with_immediate_transactions_and_a_busy_tim
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA journal_mode")
         assert cursor.fetchone()[0] == "wal"
+        # NORMAL (1), as SQLite advises for WAL: a commit waits for no fsync (issue 14).
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 1
         cursor.execute("PRAGMA busy_timeout")
         assert cursor.fetchone()[0] >= 1000
     assert connection.transaction_mode == "IMMEDIATE"
