@@ -28,8 +28,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import aiohttp
 import anthropic
-import httpx
 
 from conversations import actions, events, realtime
 
@@ -82,7 +82,8 @@ class Agent:
         self._background: set[asyncio.Task[Any]] = set()
         # List changes on their way to the owners' devices (awaited briefly at shutdown).
         self._list_changes: set[asyncio.Task[Any]] = set()
-        self._http: httpx.AsyncClient | None = None
+        # The list changes' HTTP client (`realtime.publish_async`), made on the running loop.
+        self._http: aiohttp.ClientSession | None = None
         self.titles = Titles(config, self.anthropic, self.spawn)
         self.recovery = Recovery(config, self.pool)
         self.reply_store = DatabaseReplyStore(config, self.publish_after_commit)
@@ -131,7 +132,7 @@ class Agent:
     async def start(self) -> None:
         """Hold the agent id, connect, settle what a crash left behind, discover, catch up."""
         self._loop = asyncio.get_running_loop()
-        self._http = httpx.AsyncClient()
+        self._http = aiohttp.ClientSession()
         await self.lease.acquire()  # AgentIdInUse: another live process has this id.
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="agent lease")
         await self.pool.connect()
@@ -395,7 +396,7 @@ class Agent:
             await self.anthropic.close()
         if self._http is not None:
             with contextlib.suppress(Exception):
-                await self._http.aclose()
+                await self._http.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
+from typing import Any
 
 import pytest
 from ably.types.message import Message as AblyMessage
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
-from conversations import events
+from conversations import events, realtime
 from conversations.models import Conversation, Message
 from tests.agent_fixtures import LEFT, PATTERNS, lifecycle_ably_config, stored_reply
 
@@ -50,6 +52,35 @@ async def test_a_prompt_gets_a_streamed_reply_that_is_stored(
     assert f"conversation={conversation.pk}" in line and "status=complete" in line
     for field in ("ttft_ms=", "output_tokens=", "duration_ms="):
         assert field in line
+
+
+async def test_a_finished_reply_moves_its_conversation_up_on_the_owners_devices(
+    start_agent, devices, alice, conversation, stand_ins
+):
+    """The reply's list change (`activity`) reaches the owner's user channel from the agent's
+    own event loop (`Agent.publish_after_commit`), published as the server."""
+    from emulators.ably.testing import ably_realtime
+
+    ably_server, _ = stand_ins
+    token = await sync_to_async(realtime.create_token)(alice)
+    client = ably_realtime(ably_server, token=token)
+    received: asyncio.Queue[Any] = asyncio.Queue()
+    try:
+        user_channel = client.channels.get(events.user_channel(realtime.client_id_for_user(alice)))
+        await asyncio.wait_for(user_channel.subscribe(received.put_nowait), 10)
+        agent = await asyncio.to_thread(start_agent)
+        phone = await devices(alice, conversation)
+        prompt_id = await phone.prompt("Say exactly: Move me up the list.")
+        reply = await phone.final_reply(prompt_id)
+        assert reply.status == events.Status.COMPLETE
+        await agent.wait_idle()
+        message = await asyncio.wait_for(received.get(), 10)
+        assert message.name == events.Name.CONVERSATION
+        assert message.client_id == settings.ABLY_SERVER_CLIENT_ID
+        assert message.data["action"] == events.ListAction.ACTIVITY
+        assert message.data["id"] == str(conversation.pk)
+    finally:
+        await client.close()
 
 
 async def test_a_reply_cut_short_by_max_tokens_says_so_and_counts_its_tokens(

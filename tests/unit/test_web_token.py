@@ -8,8 +8,10 @@ import logging
 import socket
 import uuid
 
+import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from django.urls import reverse
 
 from conversations import events, realtime
@@ -169,6 +171,37 @@ def test_a_failed_publish_is_logged_and_swallowed(settings, caplog, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="conversations.realtime"):
         realtime.publish("ai:x", events.Title(title="Hello"))
     assert "Ably publish of 'title' to ai:x failed" in caplog.text
+
+
+async def test_a_failed_publish_from_the_agent_is_logged_and_swallowed(
+    settings, caplog, monkeypatch
+):
+    """`publish_async` (the agent's list changes): refused, or no answer at all, only logged."""
+    monkeypatch.setattr(realtime, "outbox", None)
+
+    async def refuse(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"].startswith("Basic ")
+        return web.json_response({"error": {"code": 40160}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/channels/{channel}/messages", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    settings.ABLY_ENDPOINT = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            with caplog.at_level(logging.WARNING, logger="conversations.realtime"):
+                await realtime.publish_async("user:x", events.Title(title="Hello"), session)
+                assert "Ably publish of 'title' to user:x failed: HTTP 401" in caplog.text
+                await runner.cleanup()
+                caplog.clear()
+                await realtime.publish_async("user:x", events.Title(title="Hello"), session)
+                assert "Ably publish of 'title' to user:x failed" in caplog.text
+    finally:
+        await runner.cleanup()
 
 
 def test_without_an_endpoint_publishes_go_to_ably_itself(settings):
