@@ -38,7 +38,11 @@ class AgentConfig:
     thinking_budget: int = 0
     # Streaming.
     streaming_pattern: str = MESSAGE_PER_RESPONSE
-    flush_window: float = 0.05
+    # The longest a delta waits for the ones after it to travel in the same message (one after
+    # a quiet spell goes at once; see agent.streaming). A reply at 80 tokens/s then sends about
+    # 19 msg/s, so two fit in a connection's 40 msg/s. 25 ms sent ~20.5 msg/s a reply, and the
+    # two then queued on the limiter (issue 14 bench: p99 58-60 ms at 25 ms, 42-52 at 30).
+    flush_window: float = 0.03
     # Ably's own append rollup on the agent's connections (transport param
     # `appendRollupWindow`, ms; Ably's default 40, maximum 500). The agent already coalesces
     # per flush window and paces each connection under 50 msg/s, so a second window on top

@@ -1,10 +1,10 @@
 """Putting one reply's text onto its channel within Ably's limits, for both streaming patterns.
 
-Deltas from the model are buffered and flushed at most once per flush window (a delta after a
-quiet spell at once) and never faster than the connection's rate limiter allows; while a flush
-waits for the limiter, more deltas pile up and go out together. So however many replies share a
-connection, its outbound rate stays under Ably's 50 msg/s: more concurrency means bigger
-messages, not more of them.
+Deltas from the model are buffered: one after a quiet spell goes out at once, any other waits
+at most one flush window from its arrival for the deltas that follow it, and no flush goes
+faster than the connection's rate limiter allows; while a flush waits for the limiter, more
+deltas pile up and go out together. So however many replies share a connection, its outbound
+rate stays under Ably's 50 msg/s: more concurrency means bigger messages, not more of them.
 
 Appends (and token publishes) are not awaited one by one (ai-transport B2): each is started as a
 task in order, which keeps wire order on one connection, and all are gathered when the reply
@@ -40,6 +40,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,11 +66,15 @@ logger = logging.getLogger(__name__)
 class RateLimiter:
     """At most `rate` operations in any one-second window, first come first served.
 
-    A token bucket holding `burst` sends, refilled at `rate - burst` per second: a few deltas
-    that come close together go out at once instead of one per 1/rate seconds (a strict
-    spacing made every reply's p99 latency that spacing), while a busy connection still never
-    exceeds `rate` in a second. Waiters queue on a fair lock, and a late wake-up (the event
-    loop stalled) finds at most `burst` sends saved up, never a backlog of missed slots.
+    Two rules, both checked for every send. A token bucket holding `burst` sends, refilled at
+    `rate` per second: a few deltas that come close together go out at once instead of one per
+    1/rate seconds (a strict spacing made every reply's p99 latency that spacing), and a late
+    wake-up (the event loop stalled) finds at most `burst` sends saved up, never a backlog of
+    missed slots. And a log of the sends of the last second, which holds a send back while it
+    has `rate` of them: that is the guarantee itself, exact, so a busy connection can use its
+    whole `rate` (a bucket alone must refill at `rate - burst` to keep `burst + refill` under
+    the ceiling, and then two replies flushing every 50 ms already queued on it: issue 14).
+    Waiters queue on a fair lock.
     """
 
     def __init__(
@@ -82,28 +87,40 @@ class RateLimiter:
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        # `burst + refill` per second is the ceiling; below 3/s there is no room for a burst
-        # and the limiter just spaces its sends 1/rate apart.
+        # Below 3/s there is no room for a burst and the limiter just spaces its sends 1/rate
+        # apart.
         self.burst = max(1, min(burst, int(rate) - 1))
-        self._refill = rate - self.burst if self.burst > 1 else rate
+        self._refill = rate
+        self._ceiling = max(1, int(rate))
         self._clock = clock
         self._sleep = sleep
         self._tokens = float(self.burst)
         self._stamp = clock()
+        self._recent: deque[float] = deque()
         self._turn = asyncio.Lock()
 
-    def _refilled(self) -> None:
-        now = self._clock()
+    def _refilled(self, now: float) -> None:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self._refill)
         self._stamp = now
 
     async def acquire(self) -> None:
         async with self._turn:
-            self._refilled()
-            if self._tokens < 1:
-                await self._sleep((1 - self._tokens) / self._refill)
-                self._refilled()
+            while True:
+                now = self._clock()
+                self._refilled(now)
+                # Same arithmetic as "a send at s is in the window starting at t if s < t + 1".
+                while self._recent and self._recent[0] + 1.0 <= now:
+                    self._recent.popleft()
+                # (A hair short of a whole token counts as one: a float sum of refills can
+                # fall short by less than the clock can advance.)
+                wait = (1 - self._tokens) / self._refill if self._tokens < 1 - 1e-9 else 0.0
+                if len(self._recent) >= self._ceiling:
+                    wait = max(wait, self._recent[0] + 1.0 - now)
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
             self._tokens -= 1
+            self._recent.append(now)
 
 
 class PendingText:
@@ -111,10 +128,14 @@ class PendingText:
 
     def __init__(self) -> None:
         self._segments: list[tuple[events.Part, str]] = []
+        # When the oldest delta still here arrived (monotonic), None when empty.
+        self.since: float | None = None
 
     def add(self, part: events.Part, text: str) -> None:
         if not text:
             return
+        if not self._segments:
+            self.since = time.monotonic()
         if self._segments and self._segments[-1][0] == part:
             self._segments[-1] = (part, self._segments[-1][1] + text)
         else:
@@ -122,6 +143,7 @@ class PendingText:
 
     def take(self) -> list[tuple[events.Part, str]]:
         segments, self._segments = self._segments, []
+        self.since = None
         return segments
 
     def __bool__(self) -> bool:
@@ -251,17 +273,23 @@ class ReplyStream(ABC):
         await asyncio.gather(*(task for _, task in self._in_flight), return_exceptions=True)
 
     async def _flush_loop(self) -> None:
-        # At most one flush per window, timed from the previous flush: a delta after a quiet
-        # spell (the first one, or a slow model) goes out at once, and deltas that come while
-        # the window is still open wait for its end and travel together.
+        # A delta after a quiet spell (the first one, a slow model: no flush for two windows)
+        # goes out at once. Any other waits for company, at most one window from its arrival:
+        # the deltas that come meanwhile travel with it. Timing the window from the oldest
+        # waiting delta, not from the previous flush, is what bounds a delta's wait: a window
+        # timed from the flush that has just gone out made the delta arriving right after it
+        # wait the whole window, and at the rate that two replies per connection need (issue
+        # 14: 50 ms windows, 20 msg/s each) those waits plus the limiter's made the p99.
         last_flush = float("-inf")
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._closing and self.flush_window:
-                wait = last_flush + self.flush_window - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+            since = self._pending.since
+            if not self._closing and self.flush_window and since is not None:
+                if since - last_flush < 2 * self.flush_window:
+                    wait = since + self.flush_window - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
             if self._pending and not await self._sendable():
                 # The reply ended while its connection could not take the rest: `finish`
                 # repairs these parts with their whole text once the connection is back.
@@ -300,7 +328,11 @@ class ReplyStream(ABC):
         waiting = [(p, task) for p, task in self._in_flight if part is None or p == part]
         if not waiting:
             return
-        self._in_flight = [(p, task) for p, task in self._in_flight if (p, task) not in waiting]
+        # By part, not `not in waiting`: that compared every send with every other (a reply's
+        # ~70 appends made its end cost ~5,000 tuple comparisons on the event loop).
+        self._in_flight = [
+            (p, task) for p, task in self._in_flight if part is not None and p != part
+        ]
         if deadline is None:
             deadline = self.publish_deadline()
         tasks = [task for _, task in waiting]

@@ -64,6 +64,19 @@ async def test_the_rate_limiter_never_lets_more_than_its_rate_start_in_any_secon
     assert starts[-1] - starts[0] >= 4.5
 
 
+async def test_a_busy_connection_gets_the_limiters_whole_rate():
+    # Issue 14: two replies flushing every 50 ms want 40 msg/s together; a limiter that kept
+    # under its rate by refilling slower than it (35/s for a burst of 5) queued their flushes.
+    clock = FakeClock()
+    limiter = RateLimiter(40, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(400):
+        await limiter.acquire()
+        starts.append(clock.now)
+    assert most_in_any_second(starts) <= 40
+    assert starts[-1] - starts[0] < 10.5
+
+
 async def test_the_rate_limiter_does_not_burst_after_the_event_loop_stalls():
     clock = FakeClock()
 
