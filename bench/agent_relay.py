@@ -1156,7 +1156,7 @@ async def bench(
         await measure(Scenario("agent", n, reply_tokens, connections=agent_connections(n)))
     if not tiny:
         # Latency is a matter of connections: Ably allows 50 msg/s per connection and a reply
-        # flushed every 50 ms wants 20, so a connection carries two replies at full pace. Then
+        # whose deltas wait at most 30 ms sends about 19, so a connection carries two at full pace. Then
         # the latency floor: a connection each and no flush window, every delta sent as it comes
         # (27 msg/s per reply, within the limit), i.e. the naive publisher's message count.
         for n in LATENCY_NS:

@@ -84,8 +84,8 @@ class Command(BaseCommand):
             type=int,
             help="Realtime connections in the pool (default 4). Each carries at most "
             "--max-messages-per-second and --channels-per-connection; a conversation stays on "
-            "the one it was attached on (the least loaded). A reply flushed every 50 ms wants "
-            "20 msg/s, so a connection streams two at full pace; more replies per connection "
+            "the one it was attached on (the least loaded). A reply whose deltas wait at most "
+            "30 ms sends about 19 msg/s, so a connection streams two at full pace; more replies per connection "
             "get bigger, less frequent chunks.",
         )
         parser.add_argument(
