@@ -19,7 +19,11 @@ The agent's CPU is also split by thread (/proc/<pid>/task: the event loop is the
 the database is the thread `bench.agent_process` names `agent-db`, the rest is everything else)
 and set against its floor, measured in the same run: `bench.stream_floor` reading the same N
 stand-in streams (same prompts, text and pacing) with the agent's HTTP library and json-parsing
-every event, and nothing else. "x floor" is the agent's CPU per token over the floor's.
+every event, and nothing else. "x floor" is the agent's CPU per token over the floor's. And
+its relay floor, `bench.relay_floor`: those streams read the same way and their text put on
+Ably through ably-python as the agent's messages (start, create + appends, stop; 30 ms flushes,
+40 msg/s per connection, the agent's connections), and nothing else; "x relay floor" is the
+agent's CPU per token over that one's, the part of the gap the agent's own code makes.
 
 `--share-k 1 2 3` (issue 15) runs K agent processes instead, over the same N conversations,
 each with its own agent id and measured on its own: the channels it attached, the messages its
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -212,14 +217,19 @@ def split_by_thread(
 
 @dataclass
 class FloorOutcome:
-    """The stream floor at N: what merely reading N stand-in streams cost."""
+    """A floor at N: the stream floor (what merely reading N stand-in streams cost) or the
+    relay floor (reading them and putting the text on Ably, `bench.relay_floor`)."""
 
     conversations: int
     tokens: int
     cpu_seconds: float
-    intact: int  # replies read whole (the exact expected text)
+    # Replies read whole (the exact expected text); for the relay floor also published whole,
+    # their `stop` acknowledged, and folded complete with that text by every device.
+    intact: int
     wall_seconds: float
     errors: list[str] = field(default_factory=list)
+    # The relay floor's messages per reply (`start`, the create and appends, `stop`).
+    published_per_reply: float = math.nan
 
     @property
     def cpu_us_per_token(self) -> float:
@@ -233,6 +243,7 @@ class FloorOutcome:
             "intact": self.intact,
             "wall_seconds": self.wall_seconds,
             "errors": self.errors,
+            "published_per_reply": self.published_per_reply,
         }
 
 
@@ -326,6 +337,8 @@ class Outcome:
     threads: ThreadSplit = field(default_factory=ThreadSplit.unmeasured)
     # The stream floor at this N, measured in the same benchmark run (agent runs only).
     floor: FloorOutcome | None = None
+    # The relay floor at this N (`bench.relay_floor`), likewise.
+    relay_floor: FloorOutcome | None = None
     notes: list[str] = field(default_factory=list)
     # Per agent process when K agents shared the run (issue 15); empty otherwise.
     shares: list[AgentShare] = field(default_factory=list)
@@ -363,6 +376,7 @@ class Outcome:
 
     def figures(self) -> dict[str, Any]:
         floor_us = self.floor.cpu_us_per_token if self.floor else math.nan
+        relay_floor_us = self.relay_floor.cpu_us_per_token if self.relay_floor else math.nan
         return {
             "publisher": self.scenario.publisher,
             "label": self.scenario.label,
@@ -399,6 +413,8 @@ class Outcome:
             "db_cpu_ms_per_reply": self.db_ms_per_reply,
             "floor_us_per_token": floor_us,
             "agent_floor_ratio": times_floor(self.cpu_us_per_token, self.floor),
+            "relay_floor_us_per_token": relay_floor_us,
+            "agent_relay_floor_ratio": times_floor(self.cpu_us_per_token, self.relay_floor),
             "notes": self.notes,
             **self.share_figures(),
         }
@@ -906,6 +922,114 @@ async def run_floor(conversations: int, reply_tokens: int, workdir: Path) -> Flo
     )
 
 
+async def run_relay_floor(
+    conversations: int, reply_tokens: int, connections: int, env: dict[str, str], workdir: Path
+) -> FloorOutcome:
+    """`bench.relay_floor` relaying `conversations` streams of the same prompts and pacing the
+    agent gets onto their channels, over `connections` connections, with the run's devices
+    attached (they check what it published, and the stand-in fans out to them as for the
+    agent); its CPU from /proc between the go and the end of the last reply."""
+    from emulators.anthropic.tokens import count_tokens
+
+    n = conversations
+    texts = [reply_text(i, reply_tokens) for i in range(n)]
+    channels = [f"ai:{uuid.uuid4()}" for _ in range(n)]
+    jobs = workdir / "relay-floor-jobs.json"
+    jobs.write_text(
+        json.dumps(
+            [
+                {"channel": channel, "prompt": f"Say exactly: {text}"}
+                for channel, text in zip(channels, texts, strict=True)
+            ]
+        )
+    )
+    expected_seconds = TTFT_MS / 1000 + reply_tokens / TOKENS_PER_SECOND
+    deadline_seconds = 60 + expected_seconds * 3 + n * 0.12
+    with common.services() as started:
+        ably, ably_port = common.start_ably(workdir)
+        started.append(ably)
+        tap, anthropic_url = _start_tap(workdir)
+        started.append(tap)
+        floor = common.Service(
+            "relay-floor",
+            [
+                common.PYTHON,
+                "-m",
+                "bench.relay_floor",
+                "--ably-port",
+                str(ably_port),
+                "--anthropic-url",
+                anthropic_url,
+                "--jobs",
+                str(jobs),
+                "--connections",
+                str(connections),
+            ],
+            workdir,
+            env=env,
+        )
+        started.append(floor)
+        devices = Devices(n)
+        devices.channel_index = {channel: i for i, channel in enumerate(channels)}
+        clients = await open_clients(
+            n * DEVICES_PER_CONVERSATION,
+            lambda k: RawAblyClient(
+                ably_port,
+                common.DEV_ABLY_KEY,
+                client_id=f"device-{k // DEVICES_PER_CONVERSATION}",
+                on_message=devices.listener(k % DEVICES_PER_CONVERSATION),
+            ),
+        )
+        try:
+            gate = asyncio.Semaphore(100)
+
+            async def attach(k: int) -> None:
+                async with gate:
+                    await clients[k].attach(channels[k // DEVICES_PER_CONVERSATION])
+
+            await asyncio.gather(*(attach(k) for k in range(len(clients))))
+            await asyncio.to_thread(floor.wait_for_output, "ready", 60)
+            # As for the stream floor: every thread's scheduler time, to the nanosecond.
+            threads_before = common.thread_cpu_seconds(floor.pid)
+            started_at = time.monotonic()
+            floor.command("go")
+            await asyncio.to_thread(floor.wait_for_output, '{"texts"', deadline_seconds)
+            threads_after = common.thread_cpu_seconds(floor.pid)
+            wall = time.monotonic() - started_at
+            tally = json.loads(floor.output().strip().splitlines()[-1])
+            # Every stop was acknowledged: the devices have them, or are about to.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(devices.all_stopped.wait(), 10)
+            floor.command("quit")
+        finally:
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    received: list[str] = tally["texts"]
+    published: list[str] = tally["published"]
+    errors: list[str] = tally["errors"]
+    if tally["stopped"] < n:
+        errors.append(f"{tally['stopped']}/{n} replies published their stop")
+    whole = 0
+    for index, want in enumerate(texts):
+        views = [devices.views[(index, d)] for d in range(DEVICES_PER_CONVERSATION)]
+        whole += (
+            received[index] == want
+            and published[index] == want
+            and all(view.stop_status == "complete" and view.text == want for view in views)
+        )
+    return FloorOutcome(
+        conversations=n,
+        tokens=sum(count_tokens(text) for text in received),
+        cpu_seconds=sum(
+            seconds - threads_before.get(tid, ("", 0.0))[1]
+            for tid, (_, seconds) in threads_after.items()
+        ),
+        intact=whole,
+        wall_seconds=wall,
+        errors=errors,
+        published_per_reply=tally["messages"] / n if n else math.nan,
+    )
+
+
 async def _prepare(
     scenario: Scenario, texts: list[str]
 ) -> tuple[list[str], list[str], dict[int, dict[str, Any]]]:
@@ -1123,6 +1247,7 @@ async def bench(
     outcomes: list[Outcome] = []
     skipped: list[int] = []
     floors: dict[int, FloorOutcome] = {}
+    relay_floors: dict[int, FloorOutcome] = {}
 
     async def floor_at(n: int) -> FloorOutcome:
         # One floor per N, measured right after the first agent run at that N, so both see the
@@ -1136,6 +1261,20 @@ async def bench(
             )
         return floors[n]
 
+    async def relay_floor_at(n: int) -> FloorOutcome:
+        # Likewise, right after the stream floor, over the agent's default connections at N.
+        if n not in relay_floors:
+            common.note(f"relay floor: {n} conversations ...")
+            relay_floors[n] = floor = await run_relay_floor(
+                n, reply_tokens, agent_connections(n), env, workdir
+            )
+            common.note(
+                f"  -> {common.fmt(floor.cpu_us_per_token)} us CPU/token, "
+                f"{floor.intact}/{n} replies relayed whole, "
+                f"{common.fmt(floor.published_per_reply)} msgs/reply, {floor.wall_seconds:.0f}s"
+            )
+        return relay_floors[n]
+
     async def measure(scenario: Scenario) -> Outcome:
         common.note(
             f"{scenario.label}: {scenario.conversations} conversations on "
@@ -1146,6 +1285,7 @@ async def bench(
         _progress(outcome)
         if scenario.publisher == "agent":
             outcome.floor = await floor_at(scenario.conversations)
+            outcome.relay_floor = await relay_floor_at(scenario.conversations)
         return outcome
 
     for n in agent_ns:
@@ -1255,6 +1395,12 @@ async def bench(
                 f"  note (stream floor, N={n}): {floor.intact}/{n} replies read whole"
                 + (f"; {floor.errors[0]}" if floor.errors else "")
             )
+    for n, floor in sorted(relay_floors.items()):
+        if floor.intact < n or floor.errors:
+            common.note(
+                f"  note (relay floor, N={n}): {floor.intact}/{n} replies relayed whole"
+                + (f"; {floor.errors[0]}" if floor.errors else "")
+            )
 
     default_agent = [
         o for o in outcomes if o.scenario.publisher == "agent" and not o.scenario.variant
@@ -1286,6 +1432,8 @@ async def bench(
         "skipped_agent_n": skipped,
         "floor_runs": [floor.figures() for _, floor in sorted(floors.items())],
         "agent_floor_ratio": times_floor(largest.cpu_us_per_token, largest.floor),
+        "relay_floor_runs": [floor.figures() for _, floor in sorted(relay_floors.items())],
+        "agent_relay_floor_ratio": times_floor(largest.cpu_us_per_token, largest.relay_floor),
     }
     summary = (
         f"agent carries {agent_max} conversations within limits vs naive {naive_max} "
@@ -1420,12 +1568,14 @@ async def bench_shares(
 
 
 def _floor_summary(o: Outcome) -> str:
-    """One agent run against its floor, in words: the ratio and where the agent's CPU went."""
+    """One agent run against its floors, in words: the ratios and where the agent's CPU went."""
     f = o.figures()
     return (
-        f"{common.fmt(f['agent_floor_ratio'])}x its stream floor at "
+        f"{common.fmt(f['agent_floor_ratio'])}x its stream floor and "
+        f"{common.fmt(f['agent_relay_floor_ratio'])}x its relay floor at "
         f"N={o.scenario.conversations} ({common.fmt(f['cpu_us_per_token'])} vs "
-        f"{common.fmt(f['floor_us_per_token'])} us CPU/token; loop "
+        f"{common.fmt(f['floor_us_per_token'])} and "
+        f"{common.fmt(f['relay_floor_us_per_token'])} us CPU/token; loop "
         f"{common.fmt(f['loop_us_per_token'])} + DB {common.fmt(f['db_us_per_token'])} + other "
         f"{common.fmt(f['other_us_per_token'])}), DB {common.fmt(f['db_cpu_ms_per_reply'])} ms "
         f"CPU/reply, worst loop lag {common.fmt(f['loop_lag_ms'])} ms"
@@ -1433,7 +1583,7 @@ def _floor_summary(o: Outcome) -> str:
 
 
 def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
-    """The agent's CPU per token by thread, beside the stream floor's at the same N."""
+    """The agent's CPU per token by thread, beside its stream and relay floors' at the same N."""
     rows = []
     for o in agent_runs:
         f = o.figures()
@@ -1448,6 +1598,8 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
                 f["other_us_per_token"],
                 f["floor_us_per_token"],
                 f["agent_floor_ratio"],
+                f["relay_floor_us_per_token"],
+                f["agent_relay_floor_ratio"],
                 f["db_cpu_ms_per_reply"],
                 f["published_per_reply"],
                 f["p50_ms"],
@@ -1456,8 +1608,9 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
             ]
         )
     common.print_table(
-        "Agent CPU by thread against its stream floor (same stand-in streams, aiohttp + "
-        "json.loads per event, nothing else; same run)",
+        "Agent CPU by thread against its floors (same stand-in streams, same run; stream floor: "
+        "aiohttp + json.loads per event, nothing else; relay floor: that, and the text on Ably "
+        "through ably-python as the agent's messages, nothing else)",
         [
             "publisher",
             "N",
@@ -1468,6 +1621,8 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
             "other",
             "floor us/token",
             "x floor",
+            "relay floor us/token",
+            "x relay floor",
             "DB CPU ms/reply",
             "published/reply",
             "p50 ms",

@@ -2,7 +2,8 @@
 
 Not a timing test: it checks the benchmark ran end to end and its figures are sane (every reply
 arrived whole at every device, latencies were measured, the ratios were computed, the agent's
-CPU was split by thread and its stream floor read every stream whole).
+CPU was split by thread, its stream floor read every stream whole and its relay floor put every
+reply whole on its channel).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
             "db_cpu_ms_per_reply",
             "floor_us_per_token",
             "agent_floor_ratio",
+            "relay_floor_us_per_token",
+            "agent_relay_floor_ratio",
             "loop_lag_ms",
         ):
             assert math.isfinite(run[key]), (key, run)
@@ -69,6 +72,14 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
         assert floor["intact"] == n and not floor["errors"], floor
         assert floor["tokens"] > 0
     assert math.isfinite(figures["agent_floor_ratio"])
+    # The relay floor: every reply read, published and folded whole by both devices.
+    relay_floors = {floor["conversations"]: floor for floor in figures["relay_floor_runs"]}
+    assert set(relay_floors) == set(floors)
+    for n, floor in relay_floors.items():
+        assert floor["intact"] == n and not floor["errors"], floor
+        # start + the response create + stop at least.
+        assert floor["tokens"] > 0 and floor["published_per_reply"] >= 3
+    assert math.isfinite(figures["agent_relay_floor_ratio"])
     # One naive conversation stays under 50 msg/s and arrives whole.
     first_naive = naive_runs[0]
     assert first_naive["conversations"] == 1
@@ -76,7 +87,14 @@ def test_agent_relay_tiny_delivers_every_reply_intact(tmp_path):
     assert first_naive["within_limits"]
     assert figures["naive_max_n"] >= 1
     assert "lost/dup/reord" in stdout
-    for column in ("floor us/token", "x floor", "DB CPU ms/reply", "worst loop lag ms"):
+    for column in (
+        "floor us/token",
+        "x floor",
+        "relay floor us/token",
+        "x relay floor",
+        "DB CPU ms/reply",
+        "worst loop lag ms",
+    ):
         assert column in stdout
 
 
