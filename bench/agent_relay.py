@@ -610,6 +610,35 @@ async def _sample_rss(pids: Sequence[int], peak: list[int], stop: asyncio.Event)
             pass
 
 
+async def _attached_devices(
+    devices: Devices, ably_port: int, channels: list[str], client_ids: list[str]
+) -> list[RawAblyClient]:
+    """DEVICES_PER_CONVERSATION raw clients per channel (as `client_ids[i]` on `channels[i]`),
+    each attached and folding what arrives into `devices`."""
+    devices.channel_index = {channel: i for i, channel in enumerate(channels)}
+    clients = await open_clients(
+        len(channels) * DEVICES_PER_CONVERSATION,
+        lambda k: RawAblyClient(
+            ably_port,
+            common.DEV_ABLY_KEY,
+            client_id=client_ids[k // DEVICES_PER_CONVERSATION],
+            on_message=devices.listener(k % DEVICES_PER_CONVERSATION),
+        ),
+    )
+    gate = asyncio.Semaphore(100)
+
+    async def attach(k: int) -> None:
+        async with gate:
+            await clients[k].attach(channels[k // DEVICES_PER_CONVERSATION])
+
+    try:
+        await asyncio.gather(*(attach(k) for k in range(len(clients))))
+    except BaseException:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        raise
+    return clients
+
+
 async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Path) -> Outcome:
     n = scenario.conversations
     texts = [reply_text(i, scenario.reply_tokens) for i in range(n)]
@@ -674,24 +703,8 @@ async def run_scenario(scenario: Scenario, base_env: dict[str, str], workdir: Pa
         measured = agents or [publisher]
 
         devices = Devices(n)
-        devices.channel_index = {channel: i for i, channel in enumerate(channels)}
-        clients = await open_clients(
-            n * DEVICES_PER_CONVERSATION,
-            lambda k: RawAblyClient(
-                ably_port,
-                common.DEV_ABLY_KEY,
-                client_id=client_ids[k // DEVICES_PER_CONVERSATION],
-                on_message=devices.listener(k % DEVICES_PER_CONVERSATION),
-            ),
-        )
+        clients = await _attached_devices(devices, ably_port, channels, client_ids)
         try:
-            gate = asyncio.Semaphore(100)
-
-            async def attach(k: int) -> None:
-                async with gate:
-                    await clients[k].attach(channels[k // DEVICES_PER_CONVERSATION])
-
-            await asyncio.gather(*(attach(k) for k in range(len(clients))))
             if scenario.publisher == "agent":
                 await _wait_for_agent_attached(agents, n, notes)
             else:
@@ -970,24 +983,9 @@ async def run_relay_floor(
         )
         started.append(floor)
         devices = Devices(n)
-        devices.channel_index = {channel: i for i, channel in enumerate(channels)}
-        clients = await open_clients(
-            n * DEVICES_PER_CONVERSATION,
-            lambda k: RawAblyClient(
-                ably_port,
-                common.DEV_ABLY_KEY,
-                client_id=f"device-{k // DEVICES_PER_CONVERSATION}",
-                on_message=devices.listener(k % DEVICES_PER_CONVERSATION),
-            ),
-        )
+        client_ids = [f"device-{i}" for i in range(n)]
+        clients = await _attached_devices(devices, ably_port, channels, client_ids)
         try:
-            gate = asyncio.Semaphore(100)
-
-            async def attach(k: int) -> None:
-                async with gate:
-                    await clients[k].attach(channels[k // DEVICES_PER_CONVERSATION])
-
-            await asyncio.gather(*(attach(k) for k in range(len(clients))))
             await asyncio.to_thread(floor.wait_for_output, "ready", 60)
             # As for the stream floor: every thread's scheduler time, to the nanosecond.
             threads_before = common.thread_cpu_seconds(floor.pid)

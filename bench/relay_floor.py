@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from bench.stream_floor import DEFAULT_MODEL, MAX_TOKENS
+from bench.stream_floor import DEFAULT_MODEL, MAX_TOKENS, streams_on_go
 
 AGENT_CLIENT_ID = "agent"
 DEV_KEY = "devapp.devkey:dev-secret-change-me"
@@ -205,16 +205,7 @@ async def run(
 
     await asyncio.gather(*(attach(channel) for channel in channels))
 
-    headers = {"x-api-key": "bench", "anthropic-version": "2023-06-01"}
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(
-        connector=connector, headers=headers, timeout=timeout
-    ) as session:
-        print("ready", flush=True)
-        await loop.run_in_executor(None, sys.stdin.readline)
-        url = f"{args.anthropic_url.rstrip('/')}/v1/messages"
+    async with streams_on_go(args.anthropic_url) as (session, url):
         results = await asyncio.gather(
             *(
                 relay(

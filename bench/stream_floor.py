@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,10 @@ async def read_stream(session: aiohttp.ClientSession, url: str, model: str, prom
     return "".join(parts)
 
 
-async def run(anthropic_url: str, jobs: list[dict[str, str]], model: str) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def streams_on_go(anthropic_url: str) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """The HTTP session and the Messages URL, once the driver says go: prints `ready`, then
+    waits for a line on stdin (the driver reads the CPU time before it sends one)."""
     headers = {"x-api-key": "bench", "anthropic-version": "2023-06-01"}
     # No pool limit: every stream is open at once, as the agent's are.
     connector = aiohttp.TCPConnector(limit=0)
@@ -68,7 +73,11 @@ async def run(anthropic_url: str, jobs: list[dict[str, str]], model: str) -> dic
     ) as session:
         print("ready", flush=True)
         await loop.run_in_executor(None, sys.stdin.readline)
-        url = f"{anthropic_url.rstrip('/')}/v1/messages"
+        yield session, f"{anthropic_url.rstrip('/')}/v1/messages"
+
+
+async def run(anthropic_url: str, jobs: list[dict[str, str]], model: str) -> dict[str, Any]:
+    async with streams_on_go(anthropic_url) as (session, url):
         results = await asyncio.gather(
             *(read_stream(session, url, model, job["prompt"]) for job in jobs),
             return_exceptions=True,
