@@ -882,6 +882,24 @@ def _start_tap(workdir: Path) -> tuple[common.Service, str]:
     return tap, f"http://127.0.0.1:{port}"
 
 
+async def _go(
+    floor: common.Service, deadline_seconds: float
+) -> tuple[dict[str, Any], float, dict[int, tuple[str, float]], dict[int, tuple[str, float]]]:
+    """Start a floor once it is ready and wait for its tally (the JSON line it prints after
+    `ready`): (tally, wall seconds, its threads' CPU before and after). A floor is one busy
+    thread (and an idle one waiting on stdin): its threads' scheduler time is its CPU, to the
+    nanosecond (/proc's ticks are too coarse for --tiny)."""
+    await asyncio.to_thread(floor.wait_for_output, "ready", 60)
+    threads_before = common.thread_cpu_seconds(floor.pid)
+    started_at = time.monotonic()
+    floor.command("go")
+    await asyncio.to_thread(floor.wait_for_output, '{"texts"', deadline_seconds)
+    threads_after = common.thread_cpu_seconds(floor.pid)
+    wall = time.monotonic() - started_at
+    tally: dict[str, Any] = json.loads(floor.output().strip().splitlines()[-1])
+    return tally, wall, threads_before, threads_after
+
+
 async def run_floor(conversations: int, reply_tokens: int, workdir: Path) -> FloorOutcome:
     """`bench.stream_floor` reading `conversations` streams of the same prompts and pacing the
     agent gets; its CPU from /proc between the go and the end of the last stream."""
@@ -909,17 +927,7 @@ async def run_floor(conversations: int, reply_tokens: int, workdir: Path) -> Flo
             workdir,
         )
         started.append(floor)
-        await asyncio.to_thread(floor.wait_for_output, "ready", 60)
-        # The floor is one busy thread (and an idle one waiting on stdin): its threads' scheduler
-        # time is its CPU, to the nanosecond (/proc's ticks are too coarse for --tiny).
-        threads_before = common.thread_cpu_seconds(floor.pid)
-        started_at = time.monotonic()
-        floor.command("go")
-        # The tally is the JSON line after `ready`.
-        await asyncio.to_thread(floor.wait_for_output, '{"texts"', deadline_seconds)
-        threads_after = common.thread_cpu_seconds(floor.pid)
-        wall = time.monotonic() - started_at
-        tally = json.loads(floor.output().strip().splitlines()[-1])
+        tally, wall, threads_before, threads_after = await _go(floor, deadline_seconds)
         floor.command("quit")
     received: list[str] = tally["texts"]
     return FloorOutcome(
@@ -986,15 +994,7 @@ async def run_relay_floor(
         client_ids = [f"device-{i}" for i in range(n)]
         clients = await _attached_devices(devices, ably_port, channels, client_ids)
         try:
-            await asyncio.to_thread(floor.wait_for_output, "ready", 60)
-            # As for the stream floor: every thread's scheduler time, to the nanosecond.
-            threads_before = common.thread_cpu_seconds(floor.pid)
-            started_at = time.monotonic()
-            floor.command("go")
-            await asyncio.to_thread(floor.wait_for_output, '{"texts"', deadline_seconds)
-            threads_after = common.thread_cpu_seconds(floor.pid)
-            wall = time.monotonic() - started_at
-            tally = json.loads(floor.output().strip().splitlines()[-1])
+            tally, wall, threads_before, threads_after = await _go(floor, deadline_seconds)
             # Every stop was acknowledged: the devices have them, or are about to.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(devices.all_stopped.wait(), 10)

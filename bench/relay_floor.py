@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from bench.stream_floor import DEFAULT_MODEL, MAX_TOKENS, streams_on_go
+from bench.stream_floor import DEFAULT_MODEL, read_deltas, streams_on_go
 
 AGENT_CLIENT_ID = "agent"
 DEV_KEY = "devapp.devkey:dev-secret-change-me"
@@ -132,29 +132,17 @@ async def relay(
                 return
 
     flusher = asyncio.create_task(flush())
-    body = {
-        "model": model,
-        "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": True,
-    }
     parts: list[str] = []
+
+    def on_text(text: str) -> None:
+        parts.append(text)
+        if text:
+            pending.append(text)
+            arrived.set()
+
     try:
-        # The stream floor's reading, to the line (`bench.stream_floor.read_stream`).
-        async with session.post(url, json=body) as response:
-            response.raise_for_status()
-            async for line in response.content:
-                if not line.startswith(b"data:"):
-                    continue
-                event: dict[str, Any] = json.loads(line[5:])
-                if event.get("type") == "content_block_delta":
-                    delta = event.get("delta") or {}
-                    if delta.get("type") == "text_delta":
-                        text = delta.get("text", "")
-                        parts.append(text)
-                        if text:
-                            pending.append(text)
-                            arrived.set()
+        # The stream floor's reading, to the line.
+        await read_deltas(session, url, model, prompt, on_text)
     finally:
         ended = True
         arrived.set()

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,25 @@ MAX_TOKENS = 4096
 
 async def read_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str) -> str:
     """One streamed reply's text: every SSE `data:` line parsed, text deltas joined."""
+    parts: list[str] = []
+    await read_deltas(session, url, model, prompt, parts.append)
+    return "".join(parts)
+
+
+async def read_deltas(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    prompt: str,
+    on_text: Callable[[str], object],
+) -> None:
+    """Stream one reply, every SSE `data:` line parsed, each text delta handed to `on_text`."""
     body = {
         "model": model,
         "max_tokens": MAX_TOKENS,
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
     }
-    parts: list[str] = []
     async with session.post(url, json=body) as response:
         response.raise_for_status()
         # aiohttp's StreamReader yields one line (with its newline) per iteration.
@@ -55,8 +67,7 @@ async def read_stream(session: aiohttp.ClientSession, url: str, model: str, prom
             if event.get("type") == "content_block_delta":
                 delta = event.get("delta") or {}
                 if delta.get("type") == "text_delta":
-                    parts.append(delta.get("text", ""))
-    return "".join(parts)
+                    on_text(delta.get("text", ""))
 
 
 @contextlib.asynccontextmanager
