@@ -145,7 +145,10 @@ async def test_the_reply_is_saved_before_stop_is_published(
 ):
     """While the database refuses writes, the finished reply's `stop` waits for its save: a
     device that hears `stop` and reloads at once sees the same outcome."""
-    anthropic_server.set_pacing(tokens_per_second=30)
+    # Slow enough that the reply is still streaming once the test holds the lock, however
+    # loaded the machine: its six words take ~6 s after the first one arrives (at 30 tokens/s
+    # a CI run once took the lock after the reply had already been saved).
+    anthropic_server.set_pacing(tokens_per_second=1)
     conversation = await sync_to_async(Conversation.objects.create)(owner=alice)
     agent = agent_processes(f"save-{uuid.uuid4().hex[:6]}", env=impatient_database)
     await agent.await_ready()
