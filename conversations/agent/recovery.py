@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from conversations import actions, events
@@ -32,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 # How far back a restart looks for replies a killed process saved but never announced.
 UNSAID_OUTCOME_WINDOW = 600.0
+# Interrupted replies announced at once: each reads its text back from history (a REST request),
+# so a crashed agent's dozen replies announced one by one kept the last conversation's devices
+# waiting for all the others (the scaleout soak: ~7 s from the database's `interrupted` to the
+# last device told). The connections' rate limiters pace the `stop`s themselves.
+ANNOUNCE_CONCURRENCY = 8
 
 
 class Recovery:
@@ -57,8 +64,7 @@ class Recovery:
             stale_before=stale_before,
         )
         abandoned += await self.interrupt_replies_of_gone_agents()
-        for reply in abandoned:
-            await self.announce_interrupted(reply)
+        await self.announce_all_interrupted(abandoned)
         # Just announced as interrupted: not candidates for a missing `stop`.
         self.outcomes_checked.update(reply.pk for reply in abandoned)
         gone = await self.recently_gone_agent_ids()
@@ -171,6 +177,20 @@ class Recovery:
             reply.agent_id,
             reply.status,
         )
+
+    async def announce_all_interrupted(self, replies: Iterable[Message]) -> None:
+        """`announce_interrupted` for each, up to ANNOUNCE_CONCURRENCY at once. One that fails
+        does not hold back the others; the first failure is raised once all are done."""
+        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+
+        async def announce(reply: Message) -> None:
+            async with gate:
+                await self.announce_interrupted(reply)
+
+        outcomes = await asyncio.gather(*(announce(r) for r in replies), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def announce_interrupted(self, reply: Message) -> None:
         """Tell devices an abandoned reply is over, and keep the text they saw of it."""

@@ -687,8 +687,7 @@ class ConversationSession:
         orphans = [r for r in replies if r.agent_id not in live and str(r.response_id) != own_run]
         if orphans:
             settled = await db(actions.interrupt_replies, [r.pk for r in orphans])
-            for reply in settled:
-                await self.host.recovery.announce_interrupted(reply)
+            await self.host.recovery.announce_all_interrupted(settled)
         orphan_ids = {r.pk for r in orphans}
         return [r for r in replies if r.pk not in orphan_ids]
 

@@ -294,8 +294,7 @@ class Agent:
         mine = [r.pk for r in replies if self.owns(str(r.conversation_id))]
         if not mine:
             return
-        for reply in await db(actions.interrupt_replies, mine):
-            await self.recovery.announce_interrupted(reply)
+        await self.recovery.announce_all_interrupted(await db(actions.interrupt_replies, mine))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -468,8 +467,9 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             try:
-                for reply in await self.recovery.interrupt_replies_of_gone_agents():
-                    await self.recovery.announce_interrupted(reply)
+                await self.recovery.announce_all_interrupted(
+                    await self.recovery.interrupt_replies_of_gone_agents()
+                )
                 await self.recovery.announce_unsaid_outcomes(
                     await self.recovery.recently_gone_agent_ids()
                 )
