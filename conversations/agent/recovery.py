@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from conversations import actions, events
@@ -39,6 +39,9 @@ UNSAID_OUTCOME_WINDOW = 600.0
 # waiting for all the others (the scaleout soak: ~7 s from the database's `interrupted` to the
 # last device told). The connections' rate limiters pace the `stop`s themselves.
 ANNOUNCE_CONCURRENCY = 8
+# At a takeover, how far back a gone agent's finished replies are looked at: its presence
+# timeout (Ably's 15 s) and more, so its last reply in each conversation is among them.
+UNSAID_TAKEOVER_WINDOW = 120.0
 
 
 class Recovery:
@@ -110,6 +113,36 @@ class Recovery:
                 await self.announce_outcome(reply)
                 announced += 1
         return announced
+
+    async def announce_last_unsaid_outcomes(
+        self, agent_ids: list[str], owns: Callable[[str], bool]
+    ) -> int:
+        """`announce_unsaid_outcomes` for what an agent that just left the control channel may
+        have left unsaid, in the conversations `owns` accepts: its latest finished reply in
+        each, the only one a crash can have cut off between the save and the `stop` (the ones
+        before it were announced before it started). Run at the takeover, ~15 s after a kill
+        -9, so those devices need not wait for its lease to lapse (the janitor's pass). Returns
+        how many were announced."""
+        if not agent_ids:
+            return 0
+        since = store.now() - datetime.timedelta(seconds=UNSAID_TAKEOVER_WINDOW)
+        finished = await db_retrying(store.finished_replies_of, agent_ids, since)
+        latest: dict[str, Message] = {}
+        for reply in sorted(finished, key=lambda r: r.completed_at or r.created_at):
+            if owns(str(reply.conversation_id)):
+                latest[str(reply.conversation_id)] = reply  # the later one wins
+        unchecked = [r for r in latest.values() if r.pk not in self.outcomes_checked]
+        self.outcomes_checked.update(r.pk for r in unchecked)
+        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+
+        async def check(reply: Message) -> bool:
+            async with gate:
+                if await self._stop_on_channel(reply) is False:
+                    await self.announce_outcome(reply)
+                    return True
+                return False
+
+        return sum(await asyncio.gather(*(check(r) for r in unchecked)))
 
     async def _reply_history(self, reply: Message) -> list[AblyMessage]:
         """Every message of this reply (by responseId) in its channel's history, oldest first.

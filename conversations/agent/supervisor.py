@@ -289,12 +289,13 @@ class Agent:
 
     async def _settle_replies_of(self, gone: frozenset[str]) -> None:
         """Interrupt the `streaming` replies of agents that left, in the conversations this
-        agent owns now, and tell their devices (the database picks one settler)."""
+        agent owns now, and tell their devices (the database picks one settler); and announce
+        any reply they saved but had not yet announced when they died."""
         replies = await db(store.streaming_replies_of, sorted(gone))
         mine = [r.pk for r in replies if self.owns(str(r.conversation_id))]
-        if not mine:
-            return
-        await self.recovery.announce_all_interrupted(await db(actions.interrupt_replies, mine))
+        if mine:
+            await self.recovery.announce_all_interrupted(await db(actions.interrupt_replies, mine))
+        await self.recovery.announce_last_unsaid_outcomes(sorted(gone), self.owns)
 
     async def _heartbeat_loop(self) -> None:
         while True:

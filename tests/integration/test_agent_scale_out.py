@@ -9,6 +9,8 @@ agent that owns the conversation.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -347,6 +349,46 @@ async def test_kill_9_of_an_owner_mid_reply_interrupts_it_and_a_survivor_takes_o
     assert rows[follow_up].agent_id == survivor_id
     assert watch.shows_only(survivor_id) or not watch.present
     assert "conversations moved" in survivor.output()
+
+
+async def test_kill_9_between_an_owners_save_and_its_stop_the_survivor_announces_the_outcome(
+    agent_processes, devices, alice, stand_ins
+):
+    """Save, then say, across agents: the owner saved a reply and died before its `stop` left
+    (the trap holds the frame and kills it there). Its devices hear the saved outcome from the
+    survivor at the takeover, not once the dead agent's lease lapses (30 s) as before."""
+    from urllib.parse import urlsplit
+
+    from soak.proxy import StopTrap
+
+    ably_server, _ = stand_ins
+    target = urlsplit(ably_server.endpoint)
+    trap = await StopTrap(target.hostname or "127.0.0.1", target.port or 80).start()
+    conversation = await Conversation.objects.acreate(owner=alice)
+    names = ["trap-a", "trap-b"]
+    victim_id = owner_of(conversation.pk, names)
+    [survivor_id] = [n for n in names if n != victim_id]
+    victim = agent_processes(victim_id, env={"ABLY_ENDPOINT": trap.endpoint})
+    survivor = agent_processes(survivor_id)
+    await asyncio.gather(victim.await_ready(), survivor.await_ready())
+    phone = await devices(alice, conversation)
+    watch = await AgentPresence(phone).watch()
+    await phone.wait_for(lambda: watch.shows_only(victim_id), TAKEOVER_WAIT)
+    trap.arm("hold-stop", lambda: os.kill(victim.process.pid, signal.SIGKILL))
+
+    doomed = await phone.prompt("Say exactly: Saved, then the agent died.")
+    await asyncio.wait_for(trap.triggered.wait(), REPLY_WAIT)
+    killed_at = time.monotonic()
+    # Well before the lease lapses (30 s) and the janitor's pass would find it.
+    reply = await phone.final_reply(doomed, timeout=20)
+    announced_in = time.monotonic() - killed_at
+    assert (reply.status, reply.text) == ("complete", "Saved, then the agent died.")
+    [row] = await sync_to_async(assistant_rows)([doomed])
+    assert (row.status, row.agent_id) == ("complete", victim_id)
+    assert "never announced: announced it now" in survivor.output()
+    print(f"kill -9 between save and stop: announced by the survivor {announced_in:.2f}s after")
+    assert await asyncio.to_thread(survivor.terminate) == 0
+    await trap.close()
 
 
 # --- without the control channel, no agent starts ----------------------------------------------
