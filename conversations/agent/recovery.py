@@ -15,8 +15,8 @@ import asyncio
 import datetime
 import functools
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from conversations import actions, events
 from conversations.models import Message
@@ -31,6 +31,7 @@ from .store import db, db_retrying
 from .streaming import with_retries
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How far back a restart looks for replies a killed process saved but never announced.
 UNSAID_OUTCOME_WINDOW = 600.0
@@ -42,6 +43,24 @@ ANNOUNCE_CONCURRENCY = 8
 # At a takeover, how far back a gone agent's finished replies are looked at: its presence
 # timeout (Ably's 15 s) and more, so its last reply in each conversation is among them.
 UNSAID_TAKEOVER_WINDOW = 120.0
+
+
+async def _a_few_at_once(
+    announce: Callable[[Message], Awaitable[T]], replies: Iterable[Message]
+) -> list[T]:
+    """`announce` for each reply, up to ANNOUNCE_CONCURRENCY at once, and their results. One
+    that fails does not hold back the others; the first failure is raised once all are done."""
+    gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+
+    async def one(reply: Message) -> T:
+        async with gate:
+            return await announce(reply)
+
+    outcomes = await asyncio.gather(*(one(r) for r in replies), return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise failures[0]
+    return [o for o in outcomes if not isinstance(o, BaseException)]
 
 
 class Recovery:
@@ -133,16 +152,14 @@ class Recovery:
                 latest[str(reply.conversation_id)] = reply  # the later one wins
         unchecked = [r for r in latest.values() if r.pk not in self.outcomes_checked]
         self.outcomes_checked.update(r.pk for r in unchecked)
-        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
 
         async def check(reply: Message) -> bool:
-            async with gate:
-                if await self._stop_on_channel(reply) is False:
-                    await self.announce_outcome(reply)
-                    return True
-                return False
+            if await self._stop_on_channel(reply) is False:
+                await self.announce_outcome(reply)
+                return True
+            return False
 
-        return sum(await asyncio.gather(*(check(r) for r in unchecked)))
+        return sum(await _a_few_at_once(check, unchecked))
 
     async def _reply_history(self, reply: Message) -> list[AblyMessage]:
         """Every message of this reply (by responseId) in its channel's history, oldest first.
@@ -214,16 +231,7 @@ class Recovery:
     async def announce_all_interrupted(self, replies: Iterable[Message]) -> None:
         """`announce_interrupted` for each, up to ANNOUNCE_CONCURRENCY at once. One that fails
         does not hold back the others; the first failure is raised once all are done."""
-        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
-
-        async def announce(reply: Message) -> None:
-            async with gate:
-                await self.announce_interrupted(reply)
-
-        outcomes = await asyncio.gather(*(announce(r) for r in replies), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await _a_few_at_once(self.announce_interrupted, replies)
 
     async def announce_interrupted(self, reply: Message) -> None:
         """Tell devices an abandoned reply is over, and keep the text they saw of it."""

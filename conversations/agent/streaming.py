@@ -386,9 +386,14 @@ class MessagePerResponseStream(ReplyStream):
         self._sent_text: dict[events.Part, str] = {part: "" for part in events.Part}
         # Parts whose message Ably no longer has (an append answered 40400).
         self._lost: set[events.Part] = set()
+        self._part_extras: dict[events.Part, dict[str, Any]] = {}
 
     def _extras(self, part: events.Part) -> dict[str, Any]:
-        return events.ResponseChunk(self.reply, part, "").extras()
+        # The same for every message of a part: built once, not per append (the relay bench's
+        # short-reply profile had it at ~4% of the event loop).
+        if part not in self._part_extras:
+            self._part_extras[part] = events.ResponseChunk(self.reply, part, "").extras()
+        return self._part_extras[part]
 
     def _create_id(self, part: events.Part) -> str:
         # Random, never derived from the reply's headers (see the module doc); kept per part
