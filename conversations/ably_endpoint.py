@@ -44,6 +44,20 @@ def parse_endpoint(endpoint_url: str) -> AblyEndpoint | None:
     return AblyEndpoint(parts.hostname, parts.port or (443 if tls else 80), tls)
 
 
+# Ably's own REST host, for an empty endpoint.
+ABLY_DEFAULT_REST_URL = "https://rest.ably.io"
+
+
+def rest_base_url(endpoint_url: str) -> str:
+    """Where REST requests to the endpoint `endpoint_url` names go (no trailing slash), as the
+    SDKs reach it: the same host, port and TLS whatever scheme the setting was written with."""
+    endpoint = parse_endpoint(endpoint_url)
+    if endpoint is None:
+        return ABLY_DEFAULT_REST_URL
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{'https' if endpoint.tls else 'http'}://{host}:{endpoint.port}"
+
+
 def js_client_options(endpoint_url: str) -> dict[str, Any]:
     """Options for ably-js `new Ably.Realtime(...)` / `Ably.Rest` (browser or Node), as JSON."""
     endpoint = parse_endpoint(endpoint_url)

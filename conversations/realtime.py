@@ -24,14 +24,12 @@ import httpx
 import jwt
 from django.conf import settings
 
-from . import events
+from . import ably_endpoint, events
 from .models import Conversation
 
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_PREFIX = "user-"
-# Ably's own REST host, used when settings.ABLY_ENDPOINT is empty.
-ABLY_DEFAULT_REST_URL = "https://rest.ably.io"
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # Ably takes at most this many targets in one revokeTokens request.
 MAX_REVOCATION_TARGETS = 100
@@ -181,7 +179,7 @@ def create_token(
 
 def rest_base_url() -> str:
     """Where Django's REST publishes go: the configured endpoint, or Ably's own REST host."""
-    return (settings.ABLY_ENDPOINT or ABLY_DEFAULT_REST_URL).rstrip("/")
+    return ably_endpoint.rest_base_url(settings.ABLY_ENDPOINT)
 
 
 @functools.cache

@@ -22,12 +22,19 @@ unnecessary):
 7. A publish while the connection is suspended fails with 40001, a 4xxxx code that is not
    permanent: `is_permanent_ably_error`.
 8. A realtime client's REST requests first re-authorize its connection (an in-band AUTH):
-   listing and history go through a separate REST client (`rest_client`).
+   the agent's listing and history do not go through it (`RestReader`, below).
+
+Not a workaround but a cost: the agent reads history and lists channels with `RestReader`, two
+GETs over aiohttp whose messages the SDK's own `Message.from_encoded` decodes. ably-python's
+REST client (httpx, httpcore, anyio) cost the agent's loop about 1.5 ms per history read with
+100 conversations opening at once, a quarter of a short reply's loop time: its pool checks every
+pooled socket on each request (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
@@ -36,9 +43,11 @@ import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import ably
-from ably import AblyRealtime, AblyRest
+import aiohttp
+from ably import AblyRealtime
 from ably.realtime.connectionmanager import ConnectionManager
 from ably.transport.defaults import Defaults
 from ably.transport.websockettransport import WebSocketTransport
@@ -47,18 +56,18 @@ from ably.types.connectionstate import ConnectionState
 from ably.types.message import Message as AblyMessage
 from ably.util.exceptions import AblyException
 
-from conversations.ably_endpoint import AblyEndpoint, parse_endpoint
+from conversations.ably_endpoint import AblyEndpoint, parse_endpoint, rest_base_url
 
 __all__ = [
     "DRAIN_POLL_SECONDS",
     "MAX_UNSETTLED_SENDS",
     "MESSAGE_NOT_FOUND",
     "REST_PROTOCOL_VERSION",
+    "RestReader",
     "SDK_NOT_CONNECTED",
     "AblyException",
     "AblyMessage",
     "AblyRealtime",
-    "AblyRest",
     "ably_error_code",
     "can_send_now",
     "client_options",
@@ -69,7 +78,6 @@ __all__ = [
     "is_permanent_ably_error",
     "new_message_id",
     "realtime_client",
-    "rest_client",
     "sdk_sends_settled",
     "unsettled_sends",
     "wait_connected",
@@ -87,11 +95,13 @@ _RESEND_PATCHED_VERSIONS = ("3.1.",)
 _PORT_PATCH_MARKER = "_ably_adapter_port_patch"
 _RESEND_PATCH_MARKER = "_ably_adapter_resend_patch"
 
-# The protocol version ably-python speaks, for the REST requests it has no method for (the
-# channel listing): `AblyRest.request` takes it explicitly.
+# The protocol version ably-python speaks, sent with `RestReader`'s requests too (the messages it
+# reads are decoded by the same SDK).
 REST_PROTOCOL_VERSION: str = Defaults.protocol_version
 
 MESSAGE_NOT_FOUND = 40400
+# A REST read that takes longer than this has failed (the callers try again or carry on).
+REST_TIMEOUT_SECONDS = 15.0
 # ably-python: "Cannot publish message; connection state is ..." (RTL6c4).
 SDK_NOT_CONNECTED = 40001
 
@@ -164,14 +174,81 @@ def realtime_client(
     return AblyRealtime(key=key, **options)
 
 
-def rest_client(endpoint_url: str, *, key: str) -> AblyRest:
-    """A plain REST client for history and channel listing.
+class RestReader:
+    """The agent's Ably REST reads: a channel's history and the active channels' names.
 
-    Workaround 8 (ably-python 3.1.4, `Auth.__authorize_when_necessary`): a realtime client with
-    token auth sends an in-band AUTH on its connection before every REST request it makes,
-    which costs rate budget and can make Ably re-sync the channels.
+    Over aiohttp with the key's Basic auth (TLS in production; the stand-in takes it over plain
+    HTTP, as it does `realtime.publish_async`'s publishes); every page is followed, and each
+    message is decoded by the SDK (`Message.from_encoded`: data encodings, extras). Errors
+    raise `AblyException` with Ably's own code. Open it on the loop that will use it.
     """
-    return AblyRest(key=key, **client_options(endpoint_url))
+
+    def __init__(self, endpoint_url: str, *, key: str) -> None:
+        self.base_url = rest_base_url(endpoint_url)
+        name, _, secret = key.partition(":")
+        token = base64.b64encode(f"{name}:{secret}".encode()).decode("ascii")
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Accept": "application/json",
+            "X-Ably-Version": REST_PROTOCOL_VERSION,
+        }
+        self._http: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession(
+            headers=self._headers, timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS)
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def history(
+        self, channel: str, *, start_ms: int, direction: str, limit: int = 1000
+    ) -> list[AblyMessage]:
+        """Every message of `channel` from `start_ms` on, in `direction`, all pages read."""
+        url = f"{self.base_url}/channels/{quote(channel, safe='')}/messages"
+        params = {"start": str(start_ms), "direction": direction, "limit": str(limit)}
+        return [AblyMessage.from_encoded(item) for item in await self._all_pages(url, params)]
+
+    async def channel_names(self, prefix: str, *, limit: int = 1000) -> list[str]:
+        """The names of the active channels starting with `prefix` (channel enumeration)."""
+        items = await self._all_pages(
+            f"{self.base_url}/channels", {"prefix": prefix, "limit": str(limit)}
+        )
+        return [
+            item if isinstance(item, str) else str((item or {}).get("channelId", ""))
+            for item in items
+        ]
+
+    async def _all_pages(self, url: str, params: dict[str, str] | None) -> list[Any]:
+        if self._http is None:
+            raise RuntimeError("RestReader used before open() or after close()")
+        items: list[Any] = []
+        next_url: Any = url
+        while next_url is not None:
+            async with self._http.get(next_url, params=params) as response:
+                body = await response.json(content_type=None)
+                if response.status >= 300:
+                    raise _rest_error(response.status, body)
+                if not isinstance(body, list):
+                    raise AblyException(f"unexpected REST reply: {body!r:.200}", 500, 50000)
+                items.extend(body)
+                link = response.links.get("next")
+                next_url = link.get("url") if link else None
+            params = None  # the next page's URL carries them
+        return items
+
+
+def _rest_error(status: int, body: Any) -> AblyException:
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    return AblyException(
+        str(error.get("message") or f"HTTP {status}"),
+        int(error.get("statusCode") or status),
+        int(error.get("code") or status * 100),
+    )
 
 
 async def wait_connected(client: AblyRealtime, timeout: float) -> None:

@@ -25,7 +25,7 @@ from typing import Protocol
 from conversations import events
 
 from . import store
-from .ably_adapter import REST_PROTOCOL_VERSION, AblyMessage
+from .ably_adapter import AblyMessage
 from .pool import PooledConnection
 from .session import ConversationSession, SessionHost
 from .store import db, db_retrying
@@ -84,22 +84,13 @@ class Discovery:
         """Attach every active `ai:` channel not attached yet (channel enumeration, REST)."""
         try:
             assert self.host.pool.rest is not None
-            response = await self.host.pool.rest.request(
-                "GET",
-                "/channels",
-                REST_PROTOCOL_VERSION,
-                params={"prefix": events.CONVERSATION_CHANNEL_PREFIX, "limit": 1000},
-            )
+            names = await self.host.pool.rest.channel_names(events.CONVERSATION_CHANNEL_PREFIX)
         except Exception as error:  # noqa: BLE001 - try again next round
             logger.warning("listing active channels failed: %r", error)
             return
-        if not 200 <= response.status_code < 300:
-            logger.warning("listing active channels failed: HTTP %s", response.status_code)
-            return
         since_ms = int((time.time() - lookback_seconds) * 1000)
         listed: set[str] = set()
-        for item in response.items:
-            name = item if isinstance(item, str) else (item or {}).get("channelId", "")
+        for name in names:
             conversation_id = events.conversation_id_from_channel(name)
             if conversation_id is not None:
                 listed.add(str(conversation_id))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import ably_adapter
-from .ably_adapter import AblyRealtime, AblyRest
+from .ably_adapter import AblyRealtime
 from .config import AgentConfig
 from .streaming import RateLimiter
 
@@ -70,10 +70,10 @@ class ConnectionPool:
         self.config = config
         self._client_factory = client_factory or self._default_client
         self.connections: list[PooledConnection] = []
-        # History and channel listing go through a plain REST client: ably-python's realtime
-        # client (with token auth) sends an in-band AUTH on its connection before every REST
-        # request it makes, which costs rate budget and can make Ably re-sync the channels.
-        self.rest: AblyRest | None = None
+        # History and channel listing (see `ably_adapter.RestReader`), not through a realtime
+        # client: ably-python's (with token auth) sends an in-band AUTH on its connection before
+        # every REST request it makes, which costs rate budget and can make Ably re-sync.
+        self.rest: ably_adapter.RestReader | None = None
 
     @staticmethod
     def _default_client(config: AgentConfig) -> AblyRealtime:
@@ -86,7 +86,8 @@ class ConnectionPool:
         )
 
     async def connect(self) -> None:
-        self.rest = ably_adapter.rest_client(self.config.ably_endpoint, key=self.config.ably_key)
+        self.rest = ably_adapter.RestReader(self.config.ably_endpoint, key=self.config.ably_key)
+        await self.rest.open()
         for index in range(self.config.connections):
             client = self._client_factory(self.config)
             self.connections.append(

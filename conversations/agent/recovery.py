@@ -170,18 +170,16 @@ class Recovery:
         response_id = str(reply.response_id)
         since_ms = int(reply.created_at.timestamp() * 1000) - 5_000
         assert self.pool.rest is not None
-        channel = self.pool.rest.channels.get(events.conversation_channel(reply.conversation_id))
-        found: list[AblyMessage] = []
-        page = await channel.history(direction="forwards", start=since_ms, limit=1000)
-        while True:
-            found.extend(
-                message
-                for message in page.items
-                if ((message.extras or {}).get("headers") or {}).get("responseId") == response_id
-            )
-            if not page.has_next():
-                return found
-            page = await page.next()
+        history = await self.pool.rest.history(
+            events.conversation_channel(reply.conversation_id),
+            start_ms=since_ms,
+            direction="forwards",
+        )
+        return [
+            message
+            for message in history
+            if ((message.extras or {}).get("headers") or {}).get("responseId") == response_id
+        ]
 
     async def _stop_on_channel(self, reply: Message) -> bool | None:
         """Whether the agent's `stop` for this reply is in channel history (None: unknown)."""

@@ -56,7 +56,6 @@ from .streaming import publish_until
 
 logger = logging.getLogger(__name__)
 
-HISTORY_PAGE_LIMIT = 100
 MALFORMED_MESSAGE = "This message could not be read ({problem}), so it was not sent to Claude."
 DELETED_MESSAGE = "This conversation has been deleted, so this message was not sent to Claude."
 UNSAVED_MESSAGE = (
@@ -204,14 +203,10 @@ class ConversationSession:
         collected: list[AblyMessage] = []
         try:
             assert self.host.pool.rest is not None
-            page = await self.host.pool.rest.channels.get(self.channel_name).history(
-                direction="backwards", start=since_ms, limit=HISTORY_PAGE_LIMIT
+            history = await self.host.pool.rest.history(
+                self.channel_name, start_ms=since_ms, direction="backwards"
             )
-            while True:
-                collected.extend(m for m in page.items if m.name in wanted)
-                if not page.has_next():
-                    break
-                page = await page.next()
+            collected.extend(m for m in history if m.name in wanted)
         except Exception as error:  # noqa: BLE001 - live messages still flow without history
             logger.error("history catch-up on %s failed: %r", self.channel_name, error)
         collected.reverse()

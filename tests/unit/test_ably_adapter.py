@@ -101,20 +101,14 @@ def _agent_config(endpoint: str) -> AgentConfig:
 async def test_the_agents_clients_get_their_final_options() -> None:
     config = _agent_config("http://127.0.0.1:8788")
     realtime = ConnectionPool._default_client(config)
-    rest = ably_adapter.rest_client(config.ably_endpoint, key=config.ably_key)
     try:
         assert realtime.options.transport_params == {"echo": "false", "appendRollupWindow": "40"}
         assert realtime.options.disconnected_retry_timeout == DISCONNECTED_RETRY_MS
         assert realtime.options.default_token_params == {"client_id": "agent"}
         assert realtime.options.port == 8788
         assert realtime.options.use_token_auth is True
-        # The REST client is not the agent's realtime identity: no connection parameters.
-        assert not rest.options.transport_params
-        assert not rest.options.default_token_params
-        assert rest.options.port == 8788
     finally:
         await realtime.close()
-        await rest.close()
 
 
 # --- Workaround 1: the realtime port ----------------------------------------------------------
@@ -385,14 +379,6 @@ async def test_sdk_realtime_client_sends_an_auth_before_each_rest_request() -> N
         manager.cancel_suspend_timer()
         manager.cancel_transition_timer()
         manager.cancel_retry_timer()
-
-
-async def test_the_agents_rest_client_has_no_connection_to_re_authorize() -> None:
-    rest = ably_adapter.rest_client("http://127.0.0.1:8788", key=KEY)
-    try:
-        assert not hasattr(rest, "connection")
-    finally:
-        await rest.close()
 
 
 # --- Messages and errors ----------------------------------------------------------------------
