@@ -23,7 +23,9 @@ every event, and nothing else. "x floor" is the agent's CPU per token over the f
 its relay floor, `bench.relay_floor`: those streams read the same way and their text put on
 Ably through ably-python as the agent's messages (start, create + appends, stop; 30 ms flushes,
 40 msg/s per connection, the agent's connections), and nothing else; "x relay floor" is the
-agent's CPU per token over that one's, the part of the gap the agent's own code makes.
+agent's CPU per token over that one's, the part of the gap the agent's own code makes. The
+relay floor plus the agent's own database thread (the exactly-once guard) is what no agent can
+skip; over the stream floor it is the lowest "x floor" the official SDK and the database allow.
 
 `--share-k 1 2 3` (issue 15) runs K agent processes instead, over the same N conversations,
 each with its own agent id and measured on its own: the channels it attached, the messages its
@@ -415,6 +417,15 @@ class Outcome:
             "agent_floor_ratio": times_floor(self.cpu_us_per_token, self.floor),
             "relay_floor_us_per_token": relay_floor_us,
             "agent_relay_floor_ratio": times_floor(self.cpu_us_per_token, self.relay_floor),
+            # What no agent can skip: the relay floor's work, plus this agent's own database
+            # thread (the exactly-once guard). Over the stream floor: the lowest "x floor" the
+            # official SDK and the database leave, whatever the agent's own code does.
+            "unavoidable_us_per_token": relay_floor_us + self.us_per_token(self.threads.database),
+            "unavoidable_floor_ratio": (
+                (relay_floor_us + self.us_per_token(self.threads.database)) / floor_us
+                if floor_us > 0
+                else math.nan
+            ),
             "notes": self.notes,
             **self.share_figures(),
         }
@@ -1576,7 +1587,10 @@ def _floor_summary(o: Outcome) -> str:
         f"{common.fmt(f['relay_floor_us_per_token'])} us CPU/token; loop "
         f"{common.fmt(f['loop_us_per_token'])} + DB {common.fmt(f['db_us_per_token'])} + other "
         f"{common.fmt(f['other_us_per_token'])}), DB {common.fmt(f['db_cpu_ms_per_reply'])} ms "
-        f"CPU/reply, worst loop lag {common.fmt(f['loop_lag_ms'])} ms"
+        f"CPU/reply, worst loop lag {common.fmt(f['loop_lag_ms'])} ms; relay floor + DB "
+        f"{common.fmt(f['unavoidable_us_per_token'])} us/token = "
+        f"{common.fmt(f['unavoidable_floor_ratio'])}x the stream floor before any code of the "
+        f"agent's own"
     )
 
 
@@ -1598,6 +1612,7 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
                 f["agent_floor_ratio"],
                 f["relay_floor_us_per_token"],
                 f["agent_relay_floor_ratio"],
+                f["unavoidable_floor_ratio"],
                 f["db_cpu_ms_per_reply"],
                 f["published_per_reply"],
                 f["p50_ms"],
@@ -1608,7 +1623,8 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
     common.print_table(
         "Agent CPU by thread against its floors (same stand-in streams, same run; stream floor: "
         "aiohttp + json.loads per event, nothing else; relay floor: that, and the text on Ably "
-        "through ably-python as the agent's messages, nothing else)",
+        "through ably-python as the agent's messages, nothing else; relay floor + DB: that and "
+        "the agent's own database thread, what no agent can skip)",
         [
             "publisher",
             "N",
@@ -1621,6 +1637,7 @@ def _print_floor_table(agent_runs: Sequence[Outcome]) -> None:
             "x floor",
             "relay floor us/token",
             "x relay floor",
+            "(relay floor + DB) x floor",
             "DB CPU ms/reply",
             "published/reply",
             "p50 ms",
