@@ -254,6 +254,10 @@ CLAUDE_SYSTEM_PROMPT: str = env.str(
     default="You are Claude, a helpful assistant. Answer clearly; use Markdown where it helps.",
 )
 CLAUDE_CONTEXT_TOKEN_BUDGET: int = env.int("CLAUDE_CONTEXT_TOKEN_BUDGET", default=100_000)
+# The Anthropic SDK's OpenTelemetry spans and trace propagation for the agent's model requests:
+# off unless asked for (they need an OpenTelemetry SDK configured in the process; without one
+# they only cost CPU, and the first request imports the propagators on the agent's event loop).
+CLAUDE_OPEN_TELEMETRY: bool = env.bool("CLAUDE_OPEN_TELEMETRY", default=False)
 
 # --- Attachments ------------------------------------------------------------------------------
 # Defaults are the Messages API's own limits, so a file we accept is one Claude accepts. The API

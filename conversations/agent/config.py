@@ -56,6 +56,8 @@ class AgentConfig:
     concurrency: int = 50
     max_prompt_chars: int = 20_000
     prompt_rate_limit_per_minute: int = 20
+    # The Anthropic SDK's OpenTelemetry spans (settings.CLAUDE_OPEN_TELEMETRY); off: none at all.
+    model_tracing: bool = False
     # Model retries, done by the agent (not the SDK) so devices can be told it is retrying.
     model_attempts: int = 4
     retry_base_delay: float = 0.5
@@ -157,6 +159,7 @@ class AgentConfig:
             "max_tokens": settings.CLAUDE_MAX_TOKENS,
             "system_prompt": settings.CLAUDE_SYSTEM_PROMPT,
             "context_token_budget": settings.CLAUDE_CONTEXT_TOKEN_BUDGET,
+            "model_tracing": settings.CLAUDE_OPEN_TELEMETRY,
             "streaming_pattern": settings.STREAMING_PATTERN,
             "max_prompt_chars": settings.MAX_PROMPT_CHARS,
             "prompt_rate_limit_per_minute": settings.PROMPT_RATE_LIMIT_PER_MINUTE,

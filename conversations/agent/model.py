@@ -84,6 +84,10 @@ def make_client(config: AgentConfig) -> anthropic.AsyncAnthropic:
         max_retries=0,
         timeout=timeout,
         http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
+        # None: the SDK's own default (spans, trace propagation, its ANTHROPIC_OPEN_TELEMETRY*
+        # variables). False: no span per request, and no lazy import of the OpenTelemetry
+        # propagators during the first request (~5 ms on the event loop, at a burst's start).
+        open_telemetry=None if config.model_tracing else False,
     )
 
 

@@ -172,3 +172,17 @@ async def test_an_error_event_mid_stream_is_the_apis_error(server_for: Any) -> N
         await read(url)
     failure = model.describe_failure(raised.value, mid_stream=True)
     assert "overloaded" in failure.user_message
+
+
+async def test_the_sdks_spans_are_off_unless_the_settings_ask_for_them() -> None:
+    # Off: no span is started per request and the propagators are never imported (the first
+    # request would import them on the agent's event loop). On: the SDK's own default.
+    quiet = model.make_client(config("http://127.0.0.1:9"))
+    traced = model.make_client(config("http://127.0.0.1:9").replace(model_tracing=True))
+    try:
+        assert quiet.open_telemetry["traces"]["enabled"] is False
+        assert traced.open_telemetry["traces"]["enabled"] is True
+        assert traced.open_telemetry["propagation"] is True
+    finally:
+        await quiet.close()
+        await traced.close()
