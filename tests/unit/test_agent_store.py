@@ -174,6 +174,21 @@ def test_only_users_of_the_conversation_may_write(conversation, alice, bob):
     assert not store.sender_may_write(conversation.pk, "user-999999")
 
 
+def test_the_sender_check_asks_each_time_with_its_own_values(conversation, alice, bob):
+    # The check's SQL is compiled once: every call must still ask about its own user and
+    # conversation, whatever was asked before.
+    bobs = Conversation.objects.create(owner=bob)
+    alice_id, bob_id = realtime.client_id_for_user(alice), realtime.client_id_for_user(bob)
+    for _ in range(2):
+        assert store.sender_may_write(conversation.pk, alice_id)
+        assert not store.sender_may_write(bobs.pk, alice_id)
+        assert store.sender_may_write(str(bobs.pk), bob_id)
+        assert not store.sender_may_write(uuid.uuid4(), alice_id)
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    assert not store.sender_may_write(conversation.pk, alice_id)
+
+
 def test_start_up_finds_recent_conversations_and_old_ones_with_unanswered_prompts(alice):
     recent = Conversation.objects.create(owner=alice)
     old_unanswered = Conversation.objects.create(owner=alice)
