@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import logging
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -32,6 +33,7 @@ import aiohttp
 import anthropic
 
 from conversations import actions, events, realtime
+from conversations.models import Conversation
 
 from . import model as claude, store
 from .config import AgentConfig
@@ -162,6 +164,7 @@ class Agent:
         self._discovery = asyncio.create_task(
             self.discovery.discovery_loop(discovery_interval), name="agent discovery"
         )
+        load_what_the_first_reply_would()
         self.started.set()
         logger.info(
             "agent %s ready: %d connections, %d conversations attached, pattern %s, %d agents live",
@@ -508,3 +511,11 @@ class Agent:
         async with asyncio.timeout(timeout):
             while any(s.busy for s in self.sessions.values()) or self.discovery.opening:
                 await asyncio.sleep(0.02)
+
+
+def load_what_the_first_reply_would() -> None:
+    """Load now, before serving, what the first reply otherwise loads on its way: Django's URL
+    configuration (each reply's list change names its conversation's URL), which imports every
+    view and the admin. Done on the database thread mid-burst, that held the GIL for ~20 ms and
+    stalled the event loop with it."""
+    Conversation(pk=uuid.UUID(int=0)).get_absolute_url()
