@@ -114,7 +114,7 @@ def main(argv: list[str]) -> None:
     import django
 
     django.setup()
-    for name in ("ably", "httpx", "httpcore", "websockets"):
+    for name in ("ably", "httpx", "httpx2", "httpcore", "websockets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     name_new_threads()
     name_database_thread()

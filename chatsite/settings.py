@@ -313,8 +313,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # One INFO line per HTTP request would drown the publish and agent logs.
+        # One INFO line per HTTP request would drown the publish and agent logs (httpx2: the
+        # Anthropic SDK's own fork of httpx, one line per model request).
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # ably-python logs every frame and state change at INFO.
         "ably": {"level": "WARNING"},
