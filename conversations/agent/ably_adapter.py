@@ -180,7 +180,9 @@ class RestReader:
     Over aiohttp with the key's Basic auth (TLS in production; the stand-in takes it over plain
     HTTP, as it does `realtime.publish_async`'s publishes); every page is followed, and each
     message is decoded by the SDK (`Message.from_encoded`: data encodings, extras). Errors
-    raise `AblyException` with Ably's own code. Open it on the loop that will use it.
+    raise `AblyException` with Ably's own code. No fallback hosts, unlike the SDK's REST client:
+    each caller reads again on its own schedule (the intake sweeper, the next listing round).
+    Open it on the loop that will use it.
     """
 
     def __init__(self, endpoint_url: str, *, key: str) -> None:
@@ -229,7 +231,10 @@ class RestReader:
         next_url: Any = url
         while next_url is not None:
             async with self._http.get(next_url, params=params) as response:
-                body = await response.json(content_type=None)
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:  # not JSON: a proxy's error page, a cut-off body
+                    body = None
                 if response.status >= 300:
                     raise _rest_error(response.status, body)
                 if not isinstance(body, list):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from ably import AblyException
 from ably.types.message import Message
+from aiohttp import web
 
 from conversations.agent.ably_adapter import RestReader
 from emulators.ably.testing import EmulatorServer, ably_realtime, ably_rest, connected
@@ -100,3 +101,26 @@ async def test_a_closed_reader_says_so() -> None:
     reader = RestReader("http://127.0.0.1:9", key="a.b:c")
     with pytest.raises(RuntimeError, match="before open"):
         await reader.channel_names("ai:")
+
+
+async def test_a_reply_that_is_not_json_raises_an_ably_error() -> None:
+    # A proxy's error page in front of Ably, say: the caller gets an AblyException it can log.
+    async def bad_gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/channels", bad_gateway)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    reader = RestReader(f"http://127.0.0.1:{port}", key="a.b:c")
+    await reader.open()
+    try:
+        with pytest.raises(AblyException) as failed:
+            await reader.channel_names("ai:")
+        assert failed.value.status_code == 502
+    finally:
+        await reader.close()
+        await runner.cleanup()
