@@ -151,6 +151,13 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="msg_conversation_time"),
             # Agent start-up: replies left streaming by a crashed agent.
             models.Index(fields=["status"], name="msg_status", condition=Q(status="streaming")),
+            # The per-user prompt rate limit, counted at every prompt's intake: a sender's
+            # prompts since the window's start, not a scan of every message.
+            models.Index(
+                fields=["client_id", "created_at"],
+                name="msg_prompts_by_sender",
+                condition=Q(role="user"),
+            ),
         ]
 
     def __str__(self) -> str:
