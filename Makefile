@@ -41,6 +41,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy conversations chatsite
+# Models and migrations agree (a model change without its migration fails here).
+	$(PY) manage.py makemigrations --check --dry-run
 
 fmt: install
 	$(VENV)/bin/ruff format .
