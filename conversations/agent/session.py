@@ -655,6 +655,9 @@ class ConversationSession:
                 return
             self.presence_status = None
             try:
+                # A leave is a presence message: it counts against the connection's 50 msg/s,
+                # and a membership change releases many conversations at once.
+                await self.connection.limiter.acquire()
                 await self.channel.presence.leave()
             except Exception as error:  # noqa: BLE001 - Ably ends it when the channel detaches
                 logger.warning("leaving presence on %s failed: %r", self.channel_name, error)
@@ -702,5 +705,6 @@ class ConversationSession:
         with contextlib.suppress(Exception):
             self.channel.unsubscribe(self._on_message)
             if leave and self.presence_status is not None:
+                await self.connection.limiter.acquire()  # as in `release`
                 await self.channel.presence.leave()
             await self.channel.detach()
