@@ -14,6 +14,7 @@ from aiohttp import web
 
 from conversations.agent.ably_adapter import RestReader
 from emulators.ably.testing import EmulatorServer, ably_realtime, ably_rest, connected
+from tests.stub_http import start_one_route
 
 
 @pytest.fixture
@@ -108,14 +109,8 @@ async def test_a_reply_that_is_not_json_raises_an_ably_error() -> None:
     async def bad_gateway(request: web.Request) -> web.Response:
         return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/channels", bad_gateway)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    reader = RestReader(f"http://127.0.0.1:{port}", key="a.b:c")
+    runner, url = await start_one_route("GET", "/channels", bad_gateway)
+    reader = RestReader(url, key="a.b:c")
     await reader.open()
     try:
         with pytest.raises(AblyException) as failed:

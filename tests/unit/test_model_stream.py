@@ -15,6 +15,7 @@ from aiohttp import web
 
 from conversations.agent import model
 from conversations.agent.config import AgentConfig
+from tests.stub_http import start_one_route
 
 
 def sse(event: str, data: dict[str, Any], *, newline: str = "\n") -> str:
@@ -76,14 +77,7 @@ async def serve(body: bytes, chunk: int) -> tuple[web.AppRunner, str]:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return await start_one_route("POST", "/v1/messages", messages)
 
 
 def config(base_url: str) -> AgentConfig:

@@ -16,6 +16,7 @@ from django.urls import reverse
 
 from conversations import events, realtime
 from conversations.models import Conversation
+from tests.stub_http import start_one_route
 
 pytestmark = pytest.mark.django_db
 
@@ -183,14 +184,9 @@ async def test_a_failed_publish_from_the_agent_is_logged_and_swallowed(
         assert request.headers["Authorization"].startswith("Basic ")
         return web.json_response({"error": {"code": 40160}}, status=401)
 
-    app = web.Application()
-    app.router.add_post("/channels/{channel}/messages", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    settings.ABLY_ENDPOINT = f"http://127.0.0.1:{port}"
+    runner, settings.ABLY_ENDPOINT = await start_one_route(
+        "POST", "/channels/{channel}/messages", refuse
+    )
     try:
         async with aiohttp.ClientSession() as session:
             with caplog.at_level(logging.WARNING, logger="conversations.realtime"):
