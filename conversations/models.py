@@ -72,6 +72,11 @@ class Conversation(models.Model):
         return self.title or "New conversation"
 
 
+# Where the conversation page's prefetch puts each message's attachments: a list, not the
+# per-message queryset a plain `prefetch_related("attachments")` builds (60 ms for 1,000 turns).
+SENT_ATTACHMENTS = "sent_attachments"
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user"
@@ -130,6 +135,8 @@ class Message(models.Model):
     on_path: bool
     parent_wire_id: str
     versions: Versions
+    # Not a column: the page's prefetch of `attachments` as a plain list (SENT_ATTACHMENTS).
+    sent_attachments: list[Attachment]
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -11,7 +11,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import ably_endpoint, actions, events, realtime, tree
 from .forms import RenameForm, SearchForm, SignupForm
-from .models import Conversation, Message
+from .models import SENT_ATTACHMENTS, Conversation, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -295,7 +295,8 @@ def conversation_detail(
     read_only = not conversation.user_can_write
     # Issue 16: every version, in tree order; the page shows the shared path and hides the rest.
     turns = tree.for_page(
-        conversation.messages.prefetch_related("attachments"), conversation.current_leaf_id
+        conversation.messages.prefetch_related(Prefetch("attachments", to_attr=SENT_ATTACHMENTS)),
+        conversation.current_leaf_id,
     )
     context = {
         # Staff watching someone else's conversation get no sidebar: it would list their own.

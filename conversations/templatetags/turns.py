@@ -44,13 +44,13 @@ def _notice(turn: Message) -> str:
 
 
 def _attachments(turn: Message) -> str:
-    # Issue 17: the files sent with a prompt (prefetched by the view); same markup as
-    # static/js/attachments.js renders for live prompts.
+    # Issue 17: the files sent with a prompt (prefetched by the view, `SENT_ATTACHMENTS`); same
+    # markup as static/js/attachments.js renders for live prompts.
     if turn.role != Message.Role.USER:
         return ""
     from ..attachment_rendering import attachment_list
 
-    return attachment_list(turn.attachments.all())
+    return attachment_list(turn.sent_attachments)
 
 
 @register.simple_tag
