@@ -379,6 +379,10 @@ class Outcome:
     def figures(self) -> dict[str, Any]:
         floor_us = self.floor.cpu_us_per_token if self.floor else math.nan
         relay_floor_us = self.relay_floor.cpu_us_per_token if self.relay_floor else math.nan
+        # What no agent can skip: the relay floor's work, plus this agent's own database thread
+        # (the exactly-once guard). Over the stream floor: the lowest "x floor" the official SDK
+        # and the database leave, whatever the agent's own code does.
+        unavoidable_us = relay_floor_us + self.us_per_token(self.threads.database)
         return {
             "publisher": self.scenario.publisher,
             "label": self.scenario.label,
@@ -417,15 +421,8 @@ class Outcome:
             "agent_floor_ratio": times_floor(self.cpu_us_per_token, self.floor),
             "relay_floor_us_per_token": relay_floor_us,
             "agent_relay_floor_ratio": times_floor(self.cpu_us_per_token, self.relay_floor),
-            # What no agent can skip: the relay floor's work, plus this agent's own database
-            # thread (the exactly-once guard). Over the stream floor: the lowest "x floor" the
-            # official SDK and the database leave, whatever the agent's own code does.
-            "unavoidable_us_per_token": relay_floor_us + self.us_per_token(self.threads.database),
-            "unavoidable_floor_ratio": (
-                (relay_floor_us + self.us_per_token(self.threads.database)) / floor_us
-                if floor_us > 0
-                else math.nan
-            ),
+            "unavoidable_us_per_token": unavoidable_us,
+            "unavoidable_floor_ratio": unavoidable_us / floor_us if floor_us > 0 else math.nan,
             "notes": self.notes,
             **self.share_figures(),
         }

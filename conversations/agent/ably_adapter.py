@@ -177,15 +177,15 @@ def realtime_client(
 class RestReader:
     """The agent's Ably REST reads: a channel's history and the active channels' names.
 
-    Over aiohttp with the key's Basic auth (TLS in production; the stand-in takes it over plain
-    HTTP, as it does `realtime.publish_async`'s publishes); every page is followed, and each
-    message is decoded by the SDK (`Message.from_encoded`: data encodings, extras). Errors
-    raise `AblyException` with Ably's own code. No fallback hosts, unlike the SDK's REST client:
-    each caller reads again on its own schedule (the intake sweeper, the next listing round).
-    Open it on the loop that will use it.
+    Over the caller's aiohttp session (the agent's one, which its list-change publishes use
+    too) with the key's Basic auth (TLS in production; the stand-in takes it over plain HTTP, as
+    it does `realtime.publish_async`'s publishes); every page is followed, and each message is
+    decoded by the SDK (`Message.from_encoded`: data encodings, extras). Errors raise
+    `AblyException` with Ably's own code. No fallback hosts, unlike the SDK's REST client: each
+    caller reads again on its own schedule (the intake sweeper, the next listing round).
     """
 
-    def __init__(self, endpoint_url: str, *, key: str) -> None:
+    def __init__(self, endpoint_url: str, *, key: str, http: aiohttp.ClientSession) -> None:
         self.base_url = rest_base_url(endpoint_url)
         name, _, secret = key.partition(":")
         token = base64.b64encode(f"{name}:{secret}".encode()).decode("ascii")
@@ -194,17 +194,8 @@ class RestReader:
             "Accept": "application/json",
             "X-Ably-Version": REST_PROTOCOL_VERSION,
         }
-        self._http: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        self._http = aiohttp.ClientSession(
-            headers=self._headers, timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS)
-        )
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS)
 
     async def history(
         self, channel: str, *, start_ms: int, direction: str, limit: int = 1000
@@ -225,12 +216,12 @@ class RestReader:
         ]
 
     async def _all_pages(self, url: str, params: dict[str, str] | None) -> list[Any]:
-        if self._http is None:
-            raise RuntimeError("RestReader used before open() or after close()")
         items: list[Any] = []
         next_url: Any = url
         while next_url is not None:
-            async with self._http.get(next_url, params=params) as response:
+            async with self._http.get(
+                next_url, params=params, headers=self._headers, timeout=self._timeout
+            ) as response:
                 try:
                     body = await response.json(content_type=None)
                 except ValueError:  # not JSON: a proxy's error page, a cut-off body

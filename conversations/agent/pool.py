@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from . import ably_adapter
 from .ably_adapter import AblyRealtime
 from .config import AgentConfig
@@ -85,9 +87,11 @@ class ConnectionPool:
             disconnected_retry_ms=DISCONNECTED_RETRY_MS,
         )
 
-    async def connect(self) -> None:
-        self.rest = ably_adapter.RestReader(self.config.ably_endpoint, key=self.config.ably_key)
-        await self.rest.open()
+    async def connect(self, http: aiohttp.ClientSession) -> None:
+        """Open the realtime connections; REST reads go over `http` (the caller closes it)."""
+        self.rest = ably_adapter.RestReader(
+            self.config.ably_endpoint, key=self.config.ably_key, http=http
+        )
         for index in range(self.config.connections):
             client = self._client_factory(self.config)
             self.connections.append(
@@ -126,6 +130,4 @@ class ConnectionPool:
             if isinstance(result, BaseException):
                 logger.warning("closing an Ably connection failed: %r", result)
         self.connections.clear()
-        if self.rest is not None:
-            await self.rest.close()
-            self.rest = None
+        self.rest = None

@@ -112,14 +112,14 @@ def sender_may_write(conversation_id: Any, client_id: str | None) -> bool:
         return cursor.fetchone() is not None
 
 
-def _sender_check_query(user_pk: Any, conversation_id: Any) -> Any:
+def _sender_check_query(user: Any, conversation: Any) -> Any:
     User = get_user_model()  # noqa: N806 - Django's idiom
     # One query (issue 14): the user is never loaded, only named (`for_user` stays the one rule
     # of who may write), and whether it is active is asked in the same statement.
-    active = User.objects.filter(pk=user_pk, is_active=True)
+    active = User.objects.filter(pk=user, is_active=True)
     return (
-        Conversation.objects.for_user(User(pk=user_pk))
-        .filter(Exists(active), pk=conversation_id)
+        Conversation.objects.for_user(User(pk=user))
+        .filter(Exists(active), pk=conversation)
         .query.exists()
     )
 
@@ -162,7 +162,7 @@ class CompiledQuery:
 
 
 _sender_check = CompiledQuery(
-    lambda user, conversation: _sender_check_query(user, conversation),
+    _sender_check_query,
     {
         "user": (-7_040_911, lambda: get_user_model()._meta.pk),
         "conversation": (

@@ -84,7 +84,8 @@ class Agent:
         self._background: set[asyncio.Task[Any]] = set()
         # List changes on their way to the owners' devices (awaited briefly at shutdown).
         self._list_changes: set[asyncio.Task[Any]] = set()
-        # The list changes' HTTP client (`realtime.publish_async`), made on the running loop.
+        # The agent's HTTP client for Ably's REST API (`realtime.publish_async`'s list changes,
+        # the pool's history and listing), made on the running loop.
         self._http: aiohttp.ClientSession | None = None
         self.titles = Titles(config, self.anthropic, self.spawn)
         self.recovery = Recovery(config, self.pool)
@@ -134,10 +135,10 @@ class Agent:
     async def start(self) -> None:
         """Hold the agent id, connect, settle what a crash left behind, discover, catch up."""
         self._loop = asyncio.get_running_loop()
-        self._http = aiohttp.ClientSession()
+        self._http = http = aiohttp.ClientSession()
         await self.lease.acquire()  # AgentIdInUse: another live process has this id.
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="agent lease")
-        await self.pool.connect()
+        await self.pool.connect(http)
         # Before anything is discovered: who owns what decides what this agent attaches.
         await self._join_control_channel()
         await self.recovery.recover_interrupted(took_over=self.lease.previous is not None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from ably import AblyException
 from ably.types.message import Message
@@ -18,13 +19,14 @@ from tests.stub_http import start_one_route
 
 
 @pytest.fixture
-async def reader(ably_server: EmulatorServer) -> AsyncIterator[RestReader]:
-    reader = RestReader(ably_server.endpoint, key=ably_server.key)
-    await reader.open()
-    try:
-        yield reader
-    finally:
-        await reader.close()
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def reader(ably_server: EmulatorServer, http: aiohttp.ClientSession) -> RestReader:
+    return RestReader(ably_server.endpoint, key=ably_server.key, http=http)
 
 
 async def _publish(server: EmulatorServer, channel: str, messages: list[Message]) -> None:
@@ -85,37 +87,26 @@ async def test_channel_names_lists_the_attached_channels_with_the_prefix(
         await client.close()
 
 
-async def test_a_refused_read_raises_ablys_error(ably_server: EmulatorServer) -> None:
+async def test_a_refused_read_raises_ablys_error(
+    ably_server: EmulatorServer, http: aiohttp.ClientSession
+) -> None:
     name = ably_server.key.partition(":")[0]
-    wrong = RestReader(ably_server.endpoint, key=f"{name}:not-the-secret")
-    await wrong.open()
-    try:
-        with pytest.raises(AblyException) as refused:
-            await wrong.history("ai:x", start_ms=0, direction="forwards")
-        assert refused.value.code == 40101
-        assert refused.value.status_code == 401
-    finally:
-        await wrong.close()
+    wrong = RestReader(ably_server.endpoint, key=f"{name}:not-the-secret", http=http)
+    with pytest.raises(AblyException) as refused:
+        await wrong.history("ai:x", start_ms=0, direction="forwards")
+    assert refused.value.code == 40101
+    assert refused.value.status_code == 401
 
 
-async def test_a_closed_reader_says_so() -> None:
-    reader = RestReader("http://127.0.0.1:9", key="a.b:c")
-    with pytest.raises(RuntimeError, match="before open"):
-        await reader.channel_names("ai:")
-
-
-async def test_a_reply_that_is_not_json_raises_an_ably_error() -> None:
+async def test_a_reply_that_is_not_json_raises_an_ably_error(http: aiohttp.ClientSession) -> None:
     # A proxy's error page in front of Ably, say: the caller gets an AblyException it can log.
     async def bad_gateway(request: web.Request) -> web.Response:
         return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
 
     runner, url = await start_one_route("GET", "/channels", bad_gateway)
-    reader = RestReader(url, key="a.b:c")
-    await reader.open()
     try:
         with pytest.raises(AblyException) as failed:
-            await reader.channel_names("ai:")
+            await RestReader(url, key="a.b:c", http=http).channel_names("ai:")
         assert failed.value.status_code == 502
     finally:
-        await reader.close()
         await runner.cleanup()
